@@ -1,0 +1,23 @@
+"""Redis key names, in one place (arq's ``constants.py`` habit).
+
+Every key starts with the configured prefix (``asgi`` by default, as in
+channels_redis), so one Redis can host several deployments and ``flush`` can
+find everything that is ours with one ``SCAN MATCH``.
+"""
+
+from __future__ import annotations
+
+
+def channel_stream(prefix: str, non_local_name: str) -> str:
+    """Stream holding the messages of a channel (or of all ``name!*`` channels)."""
+    return f"{prefix}:ch:{non_local_name}"
+
+
+def group_set(prefix: str, group: str) -> str:
+    """Sorted set of a group's member channels, scored by when they were added (ms)."""
+    return f"{prefix}:grp:{group}"
+
+
+def pattern(prefix: str) -> str:
+    """``SCAN MATCH`` pattern covering every key of this prefix."""
+    return f"{prefix}:*"

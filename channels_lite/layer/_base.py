@@ -1,0 +1,474 @@
+"""The channel layer's semantics, written once for every backend.
+
+Rules / theory of operation
+===========================
+
+* A backend provides a handful of stream primitives (append with a capacity
+  check, atomic pop, a non-destructive blocking wait, group membership). The
+  semantics of the Channels channel layer spec live here, once, so the Redis
+  and in-memory backends cannot drift apart.
+* Every channel maps to one *stream*. A normal channel has its own stream; the
+  process-specific channels ``name!a``, ``name!b`` of one process share the
+  stream of ``name!`` and are demultiplexed locally into per-channel buffers.
+* Every message is encoded by :mod:`channels_lite.wire` on the way in and
+  decoded on the way out, with the backends storing bytes only, so an app
+  tested on the in-memory layer meets the same limits and types as on Redis.
+* Delivery is at most once. A message that is not delivered is counted
+  (``statistics()``): refused (``full``), skipped in a group (``dropped``),
+  outlived its ``expiry`` (``expired``), or undecodable (``malformed``).
+* Expiry uses the stream ids' millisecond timestamps as the clock. Entries
+  are trimmed by id on the broker; locally buffered ones are aged against an
+  estimate of the broker's clock (corrected on every pop), so a skewed host
+  clock cannot make everything look expired.
+* Receiving is cancellation-safe. The blocking wait does not consume, so
+  cancelling it loses nothing. The pop *does* consume, so it runs to
+  completion in a shielded task that puts what it took into the local buffers
+  even if the receive that started it is cancelled. anyio's shield does not
+  stop asyncio-native ``Task.cancel()`` (which Django Channels uses), hence
+  ``asyncio.shield``. These short tasks are the layer's only tasks; they are
+  tracked and awaited by ``close()``.
+* The layer is used from whatever event loop calls it (Channels'
+  ``async_to_sync`` runs each call in a fresh loop), so connections, readers
+  and process-specific channel names are kept per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from .. import keys, wire
+from ..exceptions import ChannelFull, ConfigError, WireError
+from ._names import CapacityTable, check_channel, check_group, check_message, non_local_name
+from ._stats import Counters, LayerStatistics
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long one blocking wait on the broker lasts before it is re-armed.
+BLOCK_SECONDS = 5.0
+_BACKOFF_MAX = 2.0
+#: Recipients named in one entry at most (10,000 names stay well under 1 MiB).
+MAX_RECIPIENTS_PER_ENTRY = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One entry to add to ``stream`` unless it already holds ``capacity`` entries."""
+
+    stream: str
+    fields: dict[bytes, bytes]
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Popped:
+    """What an atomic pop took: entries as ``(id, fields)``, plus the broker's clock."""
+
+    entries: list[tuple[bytes, dict[bytes, bytes]]]
+    expired: int
+    now_ms: int
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Per (event loop, stream) receive state: local buffers and who is fetching."""
+
+    stream: str
+    specific: bool
+    buffers: dict[str, deque[tuple[int, bytes]]] = field(default_factory=dict)
+    fetching: bool = False
+    inflight: int = 0  # shielded pops not yet distributed
+    waiting: dict[str, int] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def idle(self) -> bool:
+        return not (self.buffers or self.fetching or self.inflight or self.waiting)
+
+
+@dataclass(slots=True)
+class _LoopState:
+    client_prefix: str = field(default_factory=lambda: secrets.token_hex(6))
+    readers: dict[str, _Reader] = field(default_factory=dict)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    backend: Any = None
+
+
+class BaseChannelLayer:
+    """Shared implementation of the channel layer spec; see the module docstring."""
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+    #: Exceptions of the backend that mean "broker unreachable, retry later".
+    _outage_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "asgi",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
+        max_message_size: int = wire.DEFAULT_MAX_SIZE,
+        receive_batch: int = 100,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix or not re.fullmatch(r"[\w.\-]+", prefix):
+            raise ConfigError(f"prefix must be a non-empty word, not {prefix!r}")
+        for name, value in (("expiry", expiry), ("group_expiry", group_expiry)):
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        for name, value in (
+            ("max_message_size", max_message_size),
+            ("receive_batch", receive_batch),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        self.prefix = prefix
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.channel_capacity = dict(channel_capacity or {})
+        self.max_message_size = max_message_size
+        self.receive_batch = receive_batch
+        self.capacity_for = CapacityTable(capacity, channel_capacity)
+        self._expiry_ms = int(expiry * 1000)
+        self._group_expiry_ms = int(group_expiry * 1000)
+        self._counters = Counters()
+        self._clock_offset_ms = 0.0
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._outage_since: float | None = None
+
+    # ------------------------------------------------------------------
+    # Backend primitives
+
+    async def _append(self, appends: list[Append]) -> tuple[list[bool], int]:
+        """Add entries; per entry whether it was added (False: at capacity), and how
+        many expired entries were trimmed on the way."""
+        raise NotImplementedError
+
+    async def _pop(self, stream: str, count: int) -> Popped:
+        """Atomically remove and return up to ``count`` unexpired entries."""
+        raise NotImplementedError
+
+    async def _wait(self, stream: str, block_seconds: float) -> None:
+        """Return once ``stream`` has an entry, or after ``block_seconds``; consumes nothing."""
+        raise NotImplementedError
+
+    async def _group_add(self, key: str, channel: str) -> None:
+        raise NotImplementedError
+
+    async def _group_discard(self, key: str, channel: str) -> None:
+        raise NotImplementedError
+
+    async def _group_members(self, key: str) -> list[str]:
+        """Members added within ``group_expiry``; older ones are removed."""
+        raise NotImplementedError
+
+    async def _flush_backend(self) -> None:
+        raise NotImplementedError
+
+    async def _close_backend(self, state: _LoopState) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # The channel layer API
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``.
+
+        Raises:
+            InvalidChannelName, InvalidMessage: bad arguments (``TypeError``).
+            WireError: a value has no wire form, or the message is too large.
+            ChannelFull: the channel holds ``capacity`` undelivered messages.
+            BrokerUnavailable: Redis could not be reached.
+
+        Cancellation: the message may or may not have been sent.
+        """
+        check_channel(channel)
+        body = self._encode(message)
+        append = Append(
+            self._stream_key(channel),
+            wire.channel_message_fields((channel,), body),
+            self.capacity_for(channel),
+        )
+        (added,), expired = await self._append([append])
+        self._counters.expired += expired
+        if not added:
+            self._counters.full += 1
+            raise ChannelFull(f"channel {channel!r} is at capacity ({append.capacity})")
+        self._counters.sent += 1
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for and return the next message on ``channel``.
+
+        Broker outages are waited out with backoff (logged once), so a
+        consumer's receive loop survives a Redis restart.
+
+        Cancellation: safe at any point; a message taken from the broker but
+        not yet returned stays buffered for the next ``receive``.
+        """
+        check_channel(channel)
+        state = self._state()
+        stream = self._stream_key(channel)
+        reader = state.readers.get(stream)
+        if reader is None:
+            reader = state.readers[stream] = _Reader(stream, specific="!" in channel)
+        reader.waiting[channel] = reader.waiting.get(channel, 0) + 1
+        backoff = 0.05
+        try:
+            while True:
+                message = self._take(reader, channel)
+                if message is not None:
+                    return message
+                if reader.fetching or reader.inflight:
+                    # Another receive of this loop is talking to the broker for
+                    # this stream, or a pop of a cancelled receive is still
+                    # landing; either notifies when it distributes or gives up.
+                    await reader.changed.wait()
+                    continue
+                try:
+                    await self._fetch(state, reader, channel)
+                    backoff = 0.05
+                except self._outage_errors as exc:
+                    self._note_outage(exc)
+                    await asyncio.sleep(backoff)  # cancellation point: nothing held
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            remaining = reader.waiting[channel] - 1
+            if remaining:
+                reader.waiting[channel] = remaining
+            else:
+                del reader.waiting[channel]
+            if reader.idle() and state.readers.get(stream) is reader:
+                del state.readers[stream]
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """Return a new process-specific channel name, ``prefix.<client>!<random>``."""
+        return check_channel(f"{prefix}.{self._state().client_prefix}!{secrets.token_hex(8)}")
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (refreshing its ``group_expiry`` clock)."""
+        await self._group_add(self._group_key(group), check_channel(channel))
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; a no-op for a non-member."""
+        await self._group_discard(self._group_key(group), check_channel(channel))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every member of ``group``.
+
+        One entry per destination stream: all process-specific members of one
+        process share one entry. A member at capacity is skipped, counted in
+        ``statistics().dropped`` and logged; the others still receive.
+        """
+        body = self._encode(message)
+        key = self._group_key(group)
+        by_stream: dict[str, list[str]] = {}
+        for member in await self._group_members(key):
+            by_stream.setdefault(self._stream_key(member), []).append(member)
+        self._counters.group_sends += 1
+        if not by_stream:
+            return
+        # One entry per stream; only a stream with more than
+        # MAX_RECIPIENTS_PER_ENTRY members gets several, to bound the entry size.
+        batches = [
+            (stream, to[i : i + MAX_RECIPIENTS_PER_ENTRY])
+            for stream, to in by_stream.items()
+            for i in range(0, len(to), MAX_RECIPIENTS_PER_ENTRY)
+        ]
+        appends = [
+            Append(stream, wire.channel_message_fields(to, body), self.capacity_for(to[0]))
+            for stream, to in batches
+        ]
+        added, expired = await self._append(appends)
+        self._counters.expired += expired
+        dropped = 0
+        for append, ok, (_, to) in zip(appends, added, batches, strict=True):
+            if ok:
+                self._counters.sent += len(to)
+            else:
+                dropped += len(to)
+                logger.warning(
+                    "group_send to %r: %d member(s) on %s skipped, stream at capacity (%d)",
+                    group,
+                    len(to),
+                    append.stream,
+                    append.capacity,
+                )
+        self._counters.dropped += dropped
+
+    async def flush(self) -> None:
+        """Delete every key of this layer's prefix and forget local buffers."""
+        await self._flush_backend()
+        for state in self._loops.values():
+            for reader in state.readers.values():
+                reader.buffers.clear()
+
+    async def close(self) -> None:
+        """Wait for in-flight pops and close this event loop's connections. Idempotent."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        if state is None:
+            return
+        if state.tasks:
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+        await self._close_backend(state)
+
+    def statistics(self) -> LayerStatistics:
+        """Counters of this layer instance (this process); see :class:`LayerStatistics`."""
+        return self._counters.snapshot()
+
+    # ------------------------------------------------------------------
+    # Receiving
+
+    async def _fetch(self, state: _LoopState, reader: _Reader, channel: str) -> None:
+        reader.fetching = True
+        try:
+            # A process-specific stream is ours alone: take a batch. A normal
+            # channel may have receivers in other processes: take only as many
+            # as wait here, so nothing sits in our buffer while they starve.
+            count = self.receive_batch if reader.specific else sum(reader.waiting.values())
+            # Counted before the task exists: if this receive is cancelled
+            # before the task first runs, the reader must stay registered so
+            # that what the pop takes lands where the next receive looks.
+            reader.inflight += 1
+            got = await self._shielded(state, self._pop_into(reader, count))
+            self._note_recovered()
+            if not got:
+                # Cancellation point: the wait consumes nothing.
+                await self._wait(reader.stream, BLOCK_SECONDS)
+        finally:
+            reader.fetching = False
+            reader.notify()
+
+    async def _pop_into(self, reader: _Reader, count: int) -> int:
+        try:
+            popped = await self._pop(reader.stream, count)
+        finally:
+            reader.inflight -= 1
+        # From here to the end nothing awaits: what was popped reaches the buffers.
+        self._clock_offset_ms = popped.now_ms - time.time() * 1000
+        self._counters.expired += popped.expired
+        for entry_id, fields in popped.entries:
+            self._distribute(reader, entry_id, fields)
+        reader.notify()
+        return len(popped.entries)
+
+    def _distribute(self, reader: _Reader, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            to, body = wire.split_channel_message(fields, max_size=self.max_message_size)
+        except WireError as exc:
+            self._counters.malformed += 1
+            logger.warning("skipped malformed entry %r on %s: %s", entry_id, reader.stream, exc)
+            return
+        ms = int(entry_id.split(b"-", 1)[0])
+        if not reader.specific:
+            # A normal stream belongs to one channel, whatever the entry claims.
+            to = (reader.stream.removeprefix(keys.channel_stream(self.prefix, "")),)
+        for name in to:
+            if reader.specific and non_local_name(name) != self._stream_name(reader.stream):
+                self._counters.malformed += 1
+                logger.warning(
+                    "entry %r on %s names foreign channel %r", entry_id, reader.stream, name
+                )
+                continue
+            buffer = reader.buffers.get(name)
+            if buffer is None:
+                buffer = reader.buffers[name] = deque()
+            elif len(buffer) >= self.capacity_for(name):
+                buffer.popleft()
+                self._counters.dropped += 1
+            buffer.append((ms, body))
+
+    def _take(self, reader: _Reader, channel: str) -> dict[str, Any] | None:
+        buffer = reader.buffers.get(channel)
+        while buffer:
+            ms, body = buffer.popleft()
+            if not buffer:
+                del reader.buffers[channel]
+            if self._now_ms() - ms > self._expiry_ms:
+                self._counters.expired += 1
+                continue
+            try:
+                message = wire.decode_message(body, max_size=self.max_message_size)
+            except WireError as exc:
+                self._counters.malformed += 1
+                logger.warning("skipped malformed message for %r: %s", channel, exc)
+                continue
+            self._counters.received += 1
+            return message
+        return None
+
+    # ------------------------------------------------------------------
+    # Helpers
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        body = wire.encode_message(check_message(message))
+        if len(body) > self.max_message_size:
+            raise WireError(
+                f"message of {len(body)} bytes exceeds max_message_size ({self.max_message_size})"
+            )
+        return body
+
+    def _stream_key(self, channel: str) -> str:
+        return keys.channel_stream(self.prefix, non_local_name(channel))
+
+    def _stream_name(self, stream: str) -> str:
+        return stream.removeprefix(keys.channel_stream(self.prefix, ""))
+
+    def _group_key(self, group: str) -> str:
+        return keys.group_set(self.prefix, check_group(group))
+
+    def _now_ms(self) -> float:
+        return time.time() * 1000 + self._clock_offset_ms
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            # Forget loops that async_to_sync has closed: their sockets are gone.
+            for old in [lp for lp in self._loops if lp.is_closed()]:
+                del self._loops[old]
+            state = self._loops[loop] = _LoopState()
+        return state
+
+    async def _shielded(self, state: _LoopState, coro: Awaitable[T]) -> T:
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        state.tasks.add(task)
+        task.add_done_callback(_forget_task(state))
+        return await asyncio.shield(task)
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            logger.warning("broker unreachable (%s); receive retries with backoff", exc)
+
+    def _note_recovered(self) -> None:
+        if self._outage_since is not None:
+            logger.warning(
+                "broker reachable again after %.1fs", time.monotonic() - self._outage_since
+            )
+            self._outage_since = None
+
+
+def _forget_task(state: _LoopState) -> Any:
+    def done(task: asyncio.Task[Any]) -> None:
+        state.tasks.discard(task)
+        if not task.cancelled():
+            # Mark the exception as retrieved: the receive that awaited it may
+            # have been cancelled, and the error is handled (or logged) there.
+            task.exception()
+
+    return done

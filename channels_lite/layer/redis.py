@@ -1,0 +1,386 @@
+"""The channel layer on Redis Streams: the only module that imports ``redis.asyncio``.
+
+Round trips per operation (what makes a layer fast or slow, measured in
+``bench/``): ``send`` is one ``EVALSHA`` (trim expired, check capacity, XADD,
+PEXPIRE), and concurrent sends of one event-loop turn share it; ``receive`` of
+a waiting message is one ``EVALSHA`` (trim, XRANGE, XDEL) that also takes up to
+``receive_batch`` more; an idle receive parks in ``XREAD BLOCK`` and pops on
+wake-up; ``group_send`` is a member lookup plus one append per Redis host,
+whatever the number of members.
+
+Connections: one ``redis.asyncio`` client (and pool) per host and event loop.
+With several ``hosts`` every key is placed by a stable hash of its name, so
+all processes agree on where a stream or group lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import keys, wire
+from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
+from . import _scripts
+from ._base import BLOCK_SECONDS, Append, BaseChannelLayer, Popped, _LoopState
+
+__all__ = ["RedisStreamsChannelLayer"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_KEYS_PER_CALL = 1000
+_HostSpec = tuple[str | None, dict[str, Any]]  # (url or None, client kwargs)
+
+
+class _Script:
+    """EVALSHA with a reload on NOSCRIPT (a restarted Redis has an empty script cache).
+
+    redis-py's own ``Script`` in a pipeline sends ``SCRIPT EXISTS`` on every
+    execute; calling EVALSHA directly keeps the hot path at one round trip.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(
+        self, client: aioredis.Redis, keys: Sequence[str], args: Iterable[Any]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_APPEND = _Script(_scripts.APPEND)
+_POP = _Script(_scripts.POP)
+_GROUP_ADD = _Script(_scripts.GROUP_ADD)
+_GROUP_MEMBERS = _Script(_scripts.GROUP_MEMBERS)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Appends submitted during one event-loop turn, flushed together."""
+
+    items: list[tuple[list[Append], asyncio.Future[tuple[list[bool], int]]]] = field(
+        default_factory=list
+    )
+
+
+@dataclass(slots=True)
+class _Clients:
+    clients: list[aioredis.Redis]
+    batch: _Batch | None = None
+    direct: int = 0  # appends executing outside a batch
+
+
+class RedisStreamsChannelLayer(BaseChannelLayer):
+    """Channels channel layer on Redis Streams.
+
+    Takes channels_redis's ``CONFIG`` keys, so a Channels project switches by
+    changing ``BACKEND`` only::
+
+        CHANNEL_LAYERS = {"default": {
+            "BACKEND": "channels_lite.layer.RedisStreamsChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]},
+        }}
+
+    Args:
+        hosts: Redis URLs (``redis://``, ``rediss://``, ``unix://``), ``(host,
+            port)`` pairs, or dicts of redis-py client arguments, optionally with
+            an ``address`` (URL or pair). Several hosts shard the keys.
+        prefix: prefix of every key.
+        expiry: seconds an undelivered message lives.
+        group_expiry: seconds a group membership lives unless re-added.
+        capacity: undelivered messages a channel holds before ``ChannelFull``.
+        channel_capacity: glob or regex patterns to capacities; first match wins.
+        max_message_size: largest encoded message body, bytes.
+        receive_batch: most entries one pop takes from a process-specific stream.
+    """
+
+    _outage_errors = (RedisConnectionError, RedisTimeoutError, OSError)
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = "asgi",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
+        max_message_size: int = wire.DEFAULT_MAX_SIZE,
+        receive_batch: int = 100,
+    ) -> None:
+        super().__init__(
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            max_message_size=max_message_size,
+            receive_batch=receive_batch,
+        )
+        self.hosts = _parse_hosts(hosts)
+        # Abandoned streams vanish once everything in them would have expired.
+        self._stream_ttl_ms = self._expiry_ms + 10_000
+
+    # ------------------------------------------------------------------
+    # Connections
+
+    def _clients(self, state: _LoopState | None = None) -> _Clients:
+        state = state or self._state()
+        if state.backend is None:
+            state.backend = _Clients([_make_client(url, kw) for url, kw in self.hosts])
+        clients: _Clients = state.backend
+        return clients
+
+    def _host_index(self, key: str) -> int:
+        n = len(self.hosts)
+        return 0 if n == 1 else zlib.crc32(key.encode()) % n
+
+    def _client_for(self, key: str) -> aioredis.Redis:
+        return self._clients().clients[self._host_index(key)]
+
+    # ------------------------------------------------------------------
+    # Primitives
+
+    async def _append(self, appends: list[Append]) -> tuple[list[bool], int]:
+        clients = self._clients()
+        if clients.batch is None and not clients.direct:
+            # Nothing else is being written from this loop: one round trip
+            # straight from this task, no batching machinery. Cancellation
+            # point: the caller's own message may or may not be written.
+            clients.direct += 1
+            try:
+                return await self._append_now(clients, appends)
+            finally:
+                clients.direct -= 1
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[list[bool], int]] = loop.create_future()
+        if clients.batch is None:
+            # First queued append of this loop turn: everything submitted
+            # until the loop comes round again goes in one call per host.
+            clients.batch = _Batch()
+            loop.call_soon(self._start_flush, self._state())
+        clients.batch.items.append((appends, future))
+        # Cancellation point: the flush runs in its own task; a cancelled
+        # sender just stops waiting for the outcome.
+        return await future
+
+    async def _append_now(self, clients: _Clients, appends: list[Append]) -> tuple[list[bool], int]:
+        host = self._host_index(appends[0].stream)
+        if len(appends) > _MAX_KEYS_PER_CALL or any(
+            self._host_index(a.stream) != host for a in appends[1:]
+        ):
+            batch = _Batch()
+            future = asyncio.get_running_loop().create_future()
+            batch.items.append((appends, future))
+            await self._flush_batch(clients, batch)
+            result: tuple[list[bool], int] = future.result()
+            return result
+        try:
+            reply = await _APPEND(clients.clients[host], *self._append_args(appends))
+        except (RedisError, OSError) as exc:
+            raise _broker_error(exc) from exc
+        return [bool(flag) for flag in reply[:-1]], int(reply[-1])
+
+    def _start_flush(self, state: _LoopState) -> None:
+        clients: _Clients = state.backend
+        batch, clients.batch = clients.batch, None
+        if batch is not None:
+            task = asyncio.ensure_future(self._flush_batch(clients, batch))
+            state.tasks.add(task)
+            task.add_done_callback(state.tasks.discard)
+
+    async def _flush_batch(self, clients: _Clients, batch: _Batch) -> None:
+        by_host: dict[int, list[tuple[int, int, Append]]] = {}
+        for i, (appends, _) in enumerate(batch.items):
+            for j, append in enumerate(appends):
+                by_host.setdefault(self._host_index(append.stream), []).append((i, j, append))
+        added: list[list[bool]] = [[False] * len(appends) for appends, _ in batch.items]
+        expired = [0] * len(batch.items)
+        failed: dict[int, BaseException] = {}
+
+        async def run(host: int, work: list[tuple[int, int, Append]]) -> None:
+            client = clients.clients[host]
+            for start in range(0, len(work), _MAX_KEYS_PER_CALL):
+                chunk = work[start : start + _MAX_KEYS_PER_CALL]
+                try:
+                    # One round trip for up to 1,000 streams of this host.
+                    reply = await _APPEND(client, *self._append_args([a for _, _, a in chunk]))
+                except (RedisError, OSError) as exc:
+                    for i, _, _ in chunk:
+                        failed.setdefault(i, exc)
+                    continue
+                for (i, j, _), flag in zip(chunk, reply, strict=False):
+                    added[i][j] = bool(flag)
+                expired[chunk[0][0]] += int(reply[-1])
+
+        await asyncio.gather(*(run(host, work) for host, work in by_host.items()))
+        for i, (_, future) in enumerate(batch.items):
+            if future.done():  # the sender was cancelled
+                continue
+            if i in failed:
+                future.set_exception(_broker_error(failed[i]))
+            else:
+                future.set_result((added[i], expired[i]))
+
+    def _append_args(self, appends: list[Append]) -> tuple[list[str], list[Any]]:
+        values: list[bytes] = []
+        index: dict[int, int] = {}  # id(value) -> position: shared bodies once
+        per_key: list[Any] = []
+        for append in appends:
+            per_key.append(append.capacity)
+            per_key.append(len(append.fields))
+            for name, value in append.fields.items():
+                pos = index.get(id(value))
+                if pos is None:
+                    pos = index[id(value)] = len(values) + 1
+                    values.append(value)
+                per_key.append(name)
+                per_key.append(pos)
+        args = [self._expiry_ms, self._stream_ttl_ms, len(values), *values, *per_key]
+        return [a.stream for a in appends], args
+
+    async def _pop(self, stream: str, count: int) -> Popped:
+        try:
+            now_ms, expired, entries = await _POP(
+                self._client_for(stream), [stream], [count, self._expiry_ms]
+            )
+        except AuthenticationError as exc:
+            # A ConnectionError subclass in redis-py, but no outage: waiting
+            # it out would hang every receive on a misconfiguration.
+            raise _broker_error(exc) from exc
+        except self._outage_errors:
+            raise  # receive() waits these out
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+        return Popped([(eid, _pairs(flat)) for eid, flat in entries], int(expired), int(now_ms))
+
+    async def _wait(self, stream: str, block_seconds: float) -> None:
+        # XREAD from 0-0 returns as soon as the stream holds any entry; it
+        # consumes nothing, so cancelling it (redis-py then drops the
+        # connection) loses no message.
+        try:
+            await self._client_for(stream).execute_command(  # type: ignore[no-untyped-call]
+                "XREAD", "COUNT", 1, "BLOCK", int(block_seconds * 1000), "STREAMS", stream, "0-0"
+            )
+        except AuthenticationError as exc:
+            # A ConnectionError subclass in redis-py, but no outage: waiting
+            # it out would hang every receive on a misconfiguration.
+            raise _broker_error(exc) from exc
+        except self._outage_errors:
+            raise  # receive() waits these out
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+
+    async def _group_add(self, key: str, channel: str) -> None:
+        await self._call(_GROUP_ADD(self._client_for(key), [key], [channel, self._group_expiry_ms]))
+
+    async def _group_discard(self, key: str, channel: str) -> None:
+        await self._call(self._client_for(key).zrem(key, channel))
+
+    async def _group_members(self, key: str) -> list[str]:
+        reply = await self._call(
+            _GROUP_MEMBERS(self._client_for(key), [key], [self._group_expiry_ms])
+        )
+        return [m.decode() for m in reply]
+
+    async def _flush_backend(self) -> None:
+        for client in self._clients().clients:
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=keys.pattern(self.prefix), count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await client.unlink(*batch)
+                    batch = []
+            if batch:
+                await client.unlink(*batch)
+
+    async def _close_backend(self, state: _LoopState) -> None:
+        if state.backend is not None:
+            for client in state.backend.clients:
+                await client.aclose()
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _broker_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, AuthenticationError):
+        return BrokerError(f"Redis authentication failed: {exc}")
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return BrokerUnavailable(f"Redis unavailable: {exc}")
+    if isinstance(exc, RedisError):
+        return BrokerError(f"Redis error: {exc}")
+    return exc
+
+
+def _parse_hosts(hosts: Sequence[Any] | None) -> list[_HostSpec]:
+    if hosts is None:
+        hosts = ["redis://localhost:6379"]
+    if isinstance(hosts, str | dict) or not hosts:
+        hosts = [hosts] if hosts else []
+    if not hosts:
+        raise ConfigError("hosts must name at least one Redis server")
+    return [_parse_host(h) for h in hosts]
+
+
+def _parse_host(host: Any) -> _HostSpec:
+    if isinstance(host, str):
+        return host, {}
+    if isinstance(host, tuple | list) and len(host) == 2:
+        return None, {"host": str(host[0]), "port": int(host[1])}
+    if isinstance(host, dict):
+        if "sentinels" in host:
+            raise ConfigError("Redis Sentinel hosts are not supported; give the master's URL")
+        options = dict(host)
+        address = options.pop("address", None)
+        if address is None:
+            return None, options
+        url, extra = _parse_host(address)
+        return url, {**extra, **options}
+    raise ConfigError(f"cannot understand Redis host {host!r}: use a URL, (host, port) or a dict")
+
+
+def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
+    settings: dict[str, Any] = {
+        "socket_connect_timeout": 5,
+        # Longer than an XREAD BLOCK, so only a dead connection times out.
+        "socket_timeout": BLOCK_SECONDS + 10,
+        "socket_keepalive": True,
+        # One quick retry on a broken connection: after a Redis restart the
+        # pooled sockets are dead and the first command on each must reconnect.
+        "retry": Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=(RedisConnectionError,)
+        ),
+        **options,
+        "decode_responses": False,
+    }
+    try:
+        if url is not None:
+            return aioredis.Redis.from_url(url, **settings)
+        return aioredis.Redis(**settings)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid Redis host {url or options!r}: {exc}") from exc
