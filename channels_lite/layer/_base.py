@@ -318,13 +318,9 @@ class BaseChannelLayer:
 
     async def close(self) -> None:
         """Wait for in-flight pops and close this event loop's connections. Idempotent."""
-        loop = asyncio.get_running_loop()
-        state = self._loops.pop(loop, None)
-        if state is None:
-            return
-        if state.tasks:
-            await asyncio.gather(*state.tasks, return_exceptions=True)
-        await self._close_backend(state)
+        state = self._loops.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await self._close_state(state)
 
     def statistics(self) -> LayerStatistics:
         """Counters of this layer instance (this process); see :class:`LayerStatistics`."""
@@ -442,7 +438,38 @@ class BaseChannelLayer:
             for old in [lp for lp in self._loops if lp.is_closed()]:
                 del self._loops[old]
             state = self._loops[loop] = _LoopState()
+            self._close_with_loop(loop)
         return state
+
+    async def _close_state(self, state: _LoopState) -> None:
+        if state.tasks:
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+        await self._close_backend(state)
+
+    def _close_with_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close this loop's connections when the loop closes.
+
+        ``async_to_sync`` without an outer loop (Celery tasks, scripts) runs
+        every call in a new loop and closes it straight after; without this
+        hook each call would leave a Redis connection for the garbage
+        collector. channels_redis solves it the same way.
+        """
+        original = loop.close
+
+        def close() -> None:
+            state = self._loops.pop(loop, None)
+            if state is not None and not loop.is_running() and not loop.is_closed():
+                try:
+                    loop.run_until_complete(self._close_state(state))
+                except Exception:  # closing must never stop the loop from closing
+                    logger.debug("closing the layer's connections failed", exc_info=True)
+            loop.close = original  # type: ignore[method-assign]
+            original()
+
+        try:
+            loop.close = close  # type: ignore[method-assign]
+        except AttributeError:  # a loop class without instance attributes
+            logger.debug("cannot hook %r.close; its connections close on collection", loop)
 
     async def _shielded(self, state: _LoopState, coro: Awaitable[T]) -> T:
         task: asyncio.Task[T] = asyncio.ensure_future(coro)
