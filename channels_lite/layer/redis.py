@@ -339,7 +339,7 @@ def _broker_error(exc: BaseException) -> BaseException:
 
 def _parse_hosts(hosts: Sequence[Any] | None) -> list[_HostSpec]:
     if hosts is None:
-        hosts = ["redis://localhost:6379"]
+        hosts = ["redis://127.0.0.1:6379"]
     if isinstance(hosts, str | dict) or not hosts:
         hosts = [hosts] if hosts else []
     if not hosts:
@@ -378,6 +378,8 @@ def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
         **options,
         "decode_responses": False,
     }
+    if (url or "").startswith("unix:") or "unix_socket_path" in options:
+        settings.pop("socket_keepalive", None)  # not a TCP socket
     try:
         if url is not None:
             return aioredis.Redis.from_url(url, **settings)

@@ -1,0 +1,1 @@
+"""Tests of the ``channels_lite`` package (mirrors its layout)."""
