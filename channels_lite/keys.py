@@ -21,3 +21,17 @@ def group_set(prefix: str, group: str) -> str:
 def pattern(prefix: str) -> str:
     """``SCAN MATCH`` pattern covering every key of this prefix."""
     return f"{prefix}:*"
+
+
+def connect_stream(prefix: str) -> str:
+    """The shared stream of new connections, read by the workers' consumer group."""
+    return f"{prefix}:connect"
+
+
+#: Consumer group of the workers on :func:`connect_stream`.
+WORKERS_GROUP = "workers"
+
+
+def heartbeat(prefix: str, role: str, process_id: str) -> str:
+    """Key a live process refreshes with a TTL; its absence means the process is gone."""
+    return f"{prefix}:hb:{role}:{process_id}"

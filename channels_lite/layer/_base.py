@@ -58,6 +58,7 @@ BLOCK_SECONDS = 5.0
 _BACKOFF_MAX = 2.0
 #: Recipients named in one entry at most (10,000 names stay well under 1 MiB).
 MAX_RECIPIENTS_PER_ENTRY = 10_000
+_SWEEP_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,10 @@ class _Reader:
     inflight: int = 0  # shielded pops not yet distributed
     waiting: dict[str, int] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Channels whose owner is gone (forget_channel), with when: late arrivals
+    # for them are discarded instead of buffered.
+    forgotten: dict[str, float] = field(default_factory=dict)
+    swept_ms: float = 0.0
 
     def notify(self) -> None:
         self.changed.set()
@@ -359,8 +364,37 @@ class BaseChannelLayer:
         self._counters.expired += popped.expired
         for entry_id, fields in popped.entries:
             self._distribute(reader, entry_id, fields)
+        if popped.now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
+            self._sweep(reader, popped.now_ms)
         reader.notify()
         return len(popped.entries)
+
+    def _sweep(self, reader: _Reader, now_ms: float) -> None:
+        """Age out buffered messages nobody came for, so buffers of channels
+        whose consumers are gone do not live as long as the process."""
+        reader.swept_ms = now_ms
+        cutoff = now_ms - self._expiry_ms
+        for name in [n for n, at in reader.forgotten.items() if at < cutoff]:
+            del reader.forgotten[name]
+        for name, buffer in list(reader.buffers.items()):
+            while buffer and buffer[0][0] < cutoff:
+                buffer.popleft()
+                self._counters.expired += 1
+            if not buffer:
+                del reader.buffers[name]
+
+    def forget_channel(self, channel: str) -> None:
+        """Drop what is buffered for a process-specific ``channel`` of this loop
+        and discard what still arrives for it (until ``expiry`` has passed).
+
+        Not part of the Channels spec: the runtime calls it when a connection
+        ends, so late replies to a finished connection cost no memory.
+        """
+        state = self._loops.get(asyncio.get_running_loop())
+        reader = None if state is None else state.readers.get(self._stream_key(channel))
+        if reader is not None:
+            reader.buffers.pop(channel, None)
+            reader.forgotten[channel] = self._now_ms()
 
     def _distribute(self, reader: _Reader, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
@@ -382,6 +416,8 @@ class BaseChannelLayer:
                 continue
             buffer = reader.buffers.get(name)
             if buffer is None:
+                if name in reader.forgotten:
+                    continue
                 buffer = reader.buffers[name] = deque()
             elif len(buffer) >= self.capacity_for(name):
                 buffer.popleft()

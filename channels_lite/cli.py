@@ -1,0 +1,82 @@
+"""The ``channels-lite`` command line: a thin layer over each process's Config.
+
+Every option is a Config field (``_cli_options``), so the CLI, the
+``CHANNELS_LITE_*`` environment variables and docker-compose share one
+surface. Bad values exit 2 with one line, as click does for usage errors.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import anyio
+import click
+
+from protocol_server.config import Config as ServerConfig
+from worker.config import Config as WorkerConfig
+
+from . import __version__
+from ._cli_options import config_options
+from .exceptions import ChannelsLiteError, ConfigError
+from .logging import configure
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="channels-lite")
+def main() -> None:
+    """A distributed ASGI runtime on Redis Streams."""
+
+
+def _config(cls: type, params: dict[str, Any]) -> Any:
+    try:
+        return cls(**params)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _run(process: Any) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully; exit 0 on a clean stop."""
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        process.stop()
+
+            tg.start_soon(on_signals)
+            await process.serve()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(run)
+    except ChannelsLiteError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+@main.command("protocol-server")
+@config_options(ServerConfig)
+@click.option("--log-level", default="info", envvar="CHANNELS_LITE_LOG_LEVEL", show_default=True)
+def protocol_server_cmd(log_level: str, **params: Any) -> None:
+    """Terminate HTTP and WebSocket and relay connections to the workers."""
+    from protocol_server.server import Server
+
+    config = _config(ServerConfig, params)
+    configure(log_level)
+    _run(Server(config))
+
+
+@main.command("worker")
+@click.argument("app", envvar="CHANNELS_LITE_APP")
+@config_options(WorkerConfig, skip=("app",))
+@click.option("--log-level", default="info", envvar="CHANNELS_LITE_LOG_LEVEL", show_default=True)
+def worker_cmd(log_level: str, **params: Any) -> None:
+    """Run the ASGI APP (module:attribute) for connections taken from Redis."""
+    from worker.worker import Worker
+
+    config = _config(WorkerConfig, params)
+    configure(log_level)
+    _run(Worker(config))

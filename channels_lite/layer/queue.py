@@ -1,0 +1,180 @@
+"""A work queue on one Redis stream read by a consumer group.
+
+Used for the shared stream of new connections: protocol servers ``offer``
+entries, workers ``take`` at most as many as they have free slots (pull-based
+load balancing: a busy worker takes nothing) and ``ack`` an entry the moment
+they start it. An entry taken by a worker that died before starting it stays
+in the group's pending list and is ``reclaim``-ed by another worker once it
+has been idle long enough; an entry that was started is acked, so it is never
+run twice.
+
+The stream is bounded (``XADD MAXLEN ~``) and acked entries are deleted, so
+it holds only what waits. Entries carry no deadline field: the stream id is
+the offer time in Redis's clock, and the taker compares it with the age the
+offerer allows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from .redis import RedisStreamsChannelLayer, _broker_error
+
+__all__ = ["WorkQueue"]
+
+logger = logging.getLogger(__name__)
+
+# KEYS[1]: stream. ARGV: group, entry id.
+# Withdraw an entry no consumer has taken: 1 if it was withdrawn, 0 if a
+# consumer holds it (pending) or has already acked and deleted it.
+_CANCEL = """
+if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then return 0 end
+local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if ok and #pending > 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class WorkQueue:
+    """One stream plus one consumer group, on the layer's first Redis host.
+
+    Args:
+        layer: the Redis layer whose connections (per event loop) to use.
+        stream: the stream key.
+        group: the consumer group name.
+        maxlen: approximate bound on the stream length; the oldest entries
+            are trimmed beyond it.
+    """
+
+    def __init__(
+        self,
+        layer: RedisStreamsChannelLayer,
+        stream: str,
+        group: str,
+        *,
+        maxlen: int = 100_000,
+    ) -> None:
+        self.layer = layer
+        self.stream = stream
+        self.group = group
+        self.maxlen = maxlen
+
+    def _client(self) -> Any:
+        return self.layer._client_for(self.stream)
+
+    async def ensure_group(self) -> None:
+        """Create the stream and group if missing (idempotent). One round trip."""
+        try:
+            await self._client().xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise _broker_error(exc) from exc
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+
+    async def offer(self, fields: dict[bytes, bytes]) -> bytes:
+        """Append an entry; returns its id. One round trip.
+
+        Raises:
+            BrokerUnavailable, BrokerError: Redis failed.
+        """
+        try:
+            entry_id: bytes = await self._client().xadd(
+                self.stream, fields, maxlen=self.maxlen, approximate=True
+            )
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+        return entry_id
+
+    async def cancel(self, entry_id: bytes) -> bool:
+        """Withdraw an offered entry unless a consumer has taken it. One round trip.
+
+        True means no worker has it or ever will; False means one took it, so
+        its claim is on the way (or its worker died and it will be reclaimed).
+        """
+        try:
+            script = self._client().register_script(_CANCEL)
+            return bool(await script(keys=[self.stream], args=[self.group, entry_id]))
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+
+    async def take(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` new entries for ``consumer``, waiting at most ``block_ms``.
+
+        The entries enter the group's pending list until acked. If the group
+        vanished (the stream expired or was flushed) it is recreated.
+
+        Cancellation: entries delivered by Redis but not yet returned stay
+        pending and are reclaimed after the idle time, so none is lost.
+        """
+        try:
+            reply = await self._client().xreadgroup(
+                self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise _broker_error(exc) from exc
+            await self.ensure_group()
+            return []
+        return _entries(reply)
+
+    async def ack(self, ids: Sequence[bytes]) -> None:
+        """Acknowledge and delete entries. One round trip (pipelined)."""
+        if not ids:
+            return
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.xdel(self.stream, *ids)
+                await pipe.execute()
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over up to ``count`` entries pending longer than ``min_idle_ms``.
+
+        Entries whose data was trimmed away come back as deleted ids and are
+        acked here so they stop cycling.
+        """
+        try:
+            reply = await self._client().xautoclaim(
+                self.stream, self.group, consumer, min_idle_ms, start_id="0-0", count=count
+            )
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+        claimed = [(eid, fields) for eid, fields in reply[1] if fields]
+        gone = [eid for eid, fields in reply[1] if not fields]
+        if len(reply) > 2:
+            gone.extend(reply[2])
+        if gone:
+            await self.ack(gone)
+        return claimed
+
+    async def statistics(self) -> dict[str, int]:
+        """Length of the stream and the group's pending count."""
+        client = self._client()
+        try:
+            length = await client.xlen(self.stream)
+            pending = await client.xpending(self.stream, self.group)
+        except ResponseError:
+            return {"length": 0, "pending": 0}
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+        return {"length": int(length), "pending": int(pending["pending"])}
+
+
+def _entries(reply: Any) -> list[Entry]:
+    # redis-py (RESP2) gives [[stream, [(id, {field: value}), ...]]].
+    out: list[Entry] = []
+    for _stream, items in reply or []:
+        for entry_id, fields in items:
+            if fields is not None:
+                out.append((entry_id, fields))
+    return out

@@ -1,0 +1,53 @@
+"""The protocol server's settings: one frozen dataclass, the CLI's single source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from channels_lite.config import DEFAULT_REDIS_URL, check_positive, parse_bind
+from channels_lite.exceptions import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one protocol-server process.
+
+    Attributes:
+        redis_url: the broker (``redis://``, ``rediss://``, ``unix://``).
+        bind: ``HOST:PORT`` to listen on.
+        prefix: prefix of every Redis key; must match the workers'.
+        queue_timeout: seconds a new connection waits for a worker before 503.
+        max_body_size: largest request body, bytes; beyond it 413.
+        ws_max_size: largest WebSocket message, bytes, in either direction.
+        flow_window: body bytes in flight per connection and direction before
+            the sender waits for the receiver to consume them.
+        shutdown_timeout: seconds in-flight requests get to finish on SIGTERM.
+        http: uvicorn's HTTP implementation (``httptools`` or ``h11``).
+        ws: uvicorn's WebSocket implementation (``websockets``, ``wsproto``, ...).
+        server_id: this process's id in Redis (random when empty).
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    bind: str = "127.0.0.1:8000"
+    prefix: str = "asgi"
+    queue_timeout: float = 10.0
+    max_body_size: int = 128 * MiB
+    ws_max_size: int = 1 * MiB
+    flow_window: int = 1 * MiB
+    shutdown_timeout: float = 30.0
+    http: str = "httptools"
+    ws: str = "websockets-sansio"
+    server_id: str = ""
+    host: str = field(init=False, repr=False)
+    port: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        host, port = parse_bind(self.bind)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        for name in ("queue_timeout", "max_body_size", "ws_max_size", "flow_window"):
+            check_positive(name, getattr(self, name))
+        if self.shutdown_timeout < 0:
+            raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")

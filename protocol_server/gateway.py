@@ -1,0 +1,86 @@
+"""The gateway: a plain ASGI app that forwards every connection to the workers.
+
+Because it is an ordinary ASGI 3 app, any ASGI server can terminate for it:
+our protocol-server process runs it under uvicorn, and it runs as well under
+hypercorn (HTTP/2) or granian. Its lifespan opens the Redis connections, so
+whichever server hosts it drives the same start-up and shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import anyio
+
+from channels_lite import keys, relay
+from channels_lite.layer.queue import WorkQueue
+
+from .bridge import ServerContext
+from .config import Config
+from .http import handle_http
+from .websocket import handle_websocket
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+
+class Gateway:
+    """ASGI app relaying HTTP and WebSocket connections over Redis Streams."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server_id = config.server_id or secrets.token_hex(6)
+        self.ready = anyio.Event()
+        self._ctx: ServerContext | None = None
+
+    async def startup(self) -> None:
+        """Connect to Redis and make sure the connect stream's group exists."""
+        config = self.config
+        layer = relay.make_layer(
+            config.redis_url,
+            config.prefix,
+            max_message_size=max(config.ws_max_size, relay.CHUNK_SIZE) + 64 * 1024,
+        )
+        queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
+        await queue.ensure_group()  # one round trip; fails fast if Redis is unreachable
+        self._ctx = ServerContext(config, layer, queue, self.server_id)
+        logger.info("protocol server %s connected to Redis", self.server_id)
+        self.ready.set()
+
+    async def shutdown(self) -> None:
+        if self._ctx is not None:
+            await self._ctx.layer.close()
+            self._ctx = None
+
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self._ctx is None:
+            raise RuntimeError("the gateway's lifespan start-up has not run")
+        if kind == "http":
+            await handle_http(self._ctx, scope, receive, send)
+        elif kind == "websocket":
+            await handle_websocket(self._ctx, scope, receive, send)
+        else:
+            raise RuntimeError(f"unsupported scope type {kind!r}")
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

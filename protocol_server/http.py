@@ -1,0 +1,147 @@
+"""HTTP on the protocol server: one request relayed to a worker.
+
+The first body chunk travels with the connection offer, so a small request
+crosses Redis as one entry. The rest of the body follows as ``http.request``
+events while the worker grants credit; the response comes back as ASGI
+events and each chunk is credited once uvicorn has written it (its ``send``
+waits for the socket when the client is slow), so a slow client slows the
+app instead of filling Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+
+from .bridge import Bridge, ServerContext
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+
+async def handle_http(ctx: ServerContext, scope: Message, receive: Any, send: Any) -> None:
+    """Serve one HTTP request through a worker."""
+    await HttpBridge(ctx, scope, receive, send).run()
+
+
+class HttpBridge(Bridge):
+    def __init__(self, ctx: ServerContext, scope: Message, receive: Any, send: Any) -> None:
+        super().__init__(ctx, scope)
+        self.receive = receive
+        self.send = send
+        self.body_seen = 0
+        self.response_started = False
+        self._relay_scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        limit = self.ctx.config.max_body_size
+        if _content_length(self.scope) > limit:
+            await self._error(413, b"Request body too large\n")
+            return
+        first = await self.receive()
+        if first["type"] != "http.request":
+            return  # the client left before sending anything
+        self.body_seen = len(first.get("body", b""))
+        if self.body_seen > limit:
+            await self._error(413, b"Request body too large\n")
+            return
+        try:
+            worker = await self.offer((first,))
+            if worker is None:
+                await self._error(503, b"No worker available\n")
+                return
+            self.in_flight = self.body_seen
+            async with anyio.create_task_group() as tg:
+                self._relay_scope = tg.cancel_scope
+                if first.get("more_body", False):
+                    tg.start_soon(self._pump_request)
+                else:
+                    tg.start_soon(self._watch_disconnect)
+                await self._pump_response()
+                tg.cancel_scope.cancel()
+        finally:
+            self.close()
+
+    async def _pump_request(self) -> None:
+        """Forward the rest of the request body, then watch for the client leaving."""
+        limit = self.ctx.config.max_body_size
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                await self.to_worker({"type": "http.disconnect"})
+                return
+            self.body_seen += len(message.get("body", b""))
+            if self.body_seen > limit:
+                # The app has started: it sees a disconnect; the client a 413.
+                await self.to_worker({"type": "http.disconnect"})
+                if not self.response_started:
+                    await self._error(413, b"Request body too large\n")
+                    self._relay_scope.cancel()  # whatever the app answers now is moot
+                return
+            await self.to_worker(
+                {
+                    "type": "http.request",
+                    "body": message.get("body", b""),
+                    "more_body": message.get("more_body", False),
+                }
+            )
+            if not message.get("more_body", False):
+                break
+        await self._watch_disconnect()
+
+    async def _watch_disconnect(self) -> None:
+        # uvicorn's receive() returns http.disconnect when the client goes
+        # away (or once the response is complete, when we are cancelled anyway).
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            await self.to_worker({"type": "http.disconnect"})
+
+    async def _pump_response(self) -> None:
+        trailers = False
+        while True:
+            message = await self.next_from_worker()
+            kind = message["type"]
+            if kind == "http.response.start":
+                self.response_started = True
+                trailers = bool(message.get("trailers", False))
+                await self.send(message)
+            elif kind == "http.response.body":
+                await self.send(message)
+                more = bool(message.get("more_body", False))
+                await self.credit_worker(len(message.get("body", b"")), final=not more)
+                if not more and not trailers:
+                    return
+            elif kind == "http.response.trailers":
+                await self.send(message)
+                if not message.get("more_trailers", False):
+                    return
+            else:
+                logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)
+
+    async def _error(self, status: int, body: bytes) -> None:
+        self.response_started = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Message) -> int:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0

@@ -1,0 +1,111 @@
+"""WebSocket on the protocol server: one socket relayed to a worker.
+
+The ``websocket.connect`` event travels with the offer; the worker's app then
+accepts (optionally with a subprotocol and headers), denies with a close
+(403) or with an HTTP response (the ``websocket.http.response`` extension).
+Messages flow both ways under the same byte credit as HTTP bodies, so a
+flood from the client waits in uvicorn's bounded queue, not in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+
+from channels_lite.relay import payload_size
+
+from .bridge import Bridge, ServerContext
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+_DENIAL = "websocket.http.response"
+
+
+async def handle_websocket(ctx: ServerContext, scope: Message, receive: Any, send: Any) -> None:
+    """Serve one WebSocket through a worker."""
+    await WebSocketBridge(ctx, scope, receive, send).run()
+
+
+class WebSocketBridge(Bridge):
+    def __init__(self, ctx: ServerContext, scope: Message, receive: Any, send: Any) -> None:
+        super().__init__(ctx, scope)
+        self.receive = receive
+        self.send = send
+
+    async def run(self) -> None:
+        connect = await self.receive()
+        if connect["type"] != "websocket.connect":
+            return
+        try:
+            worker = await self.offer((connect,))
+            if worker is None:
+                await self._deny_unavailable()
+                return
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump_client, tg.cancel_scope)
+                await self._pump_worker()
+                tg.cancel_scope.cancel()
+        finally:
+            self.close()
+
+    async def _pump_client(self, relay_scope: anyio.CancelScope) -> None:
+        while True:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                event: Message = {"type": kind}
+                if message.get("bytes") is not None:
+                    event["bytes"] = message["bytes"]
+                else:
+                    event["text"] = message.get("text", "")
+                await self.to_worker(event)
+            elif kind == "websocket.disconnect":
+                await self.to_worker(
+                    {
+                        "type": kind,
+                        "code": message.get("code", 1005),
+                        "reason": message.get("reason", ""),
+                    }
+                )
+                relay_scope.cancel()  # the socket is gone: nothing more to relay
+                return
+
+    async def _pump_worker(self) -> None:
+        while True:
+            message = await self.next_from_worker()
+            kind = message["type"]
+            if kind in ("websocket.accept", "websocket.http.response.start"):
+                await self.send(message)
+            elif kind == "websocket.send":
+                await self.send(message)
+                await self.credit_worker(payload_size(message))
+            elif kind == "websocket.close":
+                await self.send(message)
+                return
+            elif kind == "websocket.http.response.body":
+                await self.send(message)
+                if not message.get("more_body", False):
+                    return
+            else:
+                logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)
+
+    async def _deny_unavailable(self) -> None:
+        if _DENIAL in (self.scope.get("extensions") or {}):
+            body = b"No worker available\n"
+            await self.send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await self.send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await self.send({"type": "websocket.close", "code": 1013})

@@ -1,0 +1,88 @@
+"""Fixtures for end-to-end tests: whole deployments of real processes.
+
+``deploy(app, workers=2, servers=1, ...)`` starts protocol servers and
+workers (real subprocesses of the ``channels-lite`` CLI) against the test's
+private Redis and stops them all at teardown, SIGTERM first. A test that
+fails shows every process's log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from ._procs import Process, start_protocol_server, start_worker
+
+
+@dataclass
+class Deployment:
+    redis_url: str
+    servers: list[Process] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    def add_worker(self, app: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        worker = start_worker(self.redis_url, app, *args, env=env)
+        self.workers.append(worker)
+        return worker
+
+    def add_server(self, *args: str, env: dict[str, str] | None = None) -> Process:
+        server, url = start_protocol_server(self.redis_url, *args, env=env)
+        self.servers.append(server)
+        self.urls.append(url)
+        return server
+
+    def logs(self) -> str:
+        parts = [f"--- server {i} ---\n{p.log()}" for i, p in enumerate(self.servers)]
+        parts += [f"--- worker {i} ---\n{p.log()}" for i, p in enumerate(self.workers)]
+        return "\n".join(parts)
+
+
+Deploy = Callable[..., Deployment]
+
+
+@pytest.fixture
+def deploy(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Deploy]:
+    deployments: list[Deployment] = []
+
+    def make(
+        app: str | None = "echo:app",
+        *,
+        workers: int = 2,
+        servers: int = 1,
+        server_args: Sequence[str] = (),
+        worker_args: Sequence[str] = (),
+    ) -> Deployment:
+        deployment = Deployment(redis_url)
+        deployments.append(deployment)
+        for _ in range(servers):
+            deployment.add_server(*server_args)
+        if app is not None:
+            for _ in range(workers):
+                deployment.add_worker(app, *worker_args)
+        return deployment
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for deployment in deployments:
+        for process in [*deployment.workers, *deployment.servers]:
+            process.stop()
+        if failed is not None and failed.failed:
+            print(deployment.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -1,0 +1,233 @@
+"""One connection's app instance in a worker.
+
+The app gets an ordinary ASGI 3 ``(scope, receive, send)``: ``receive`` yields
+the events the protocol server sent with the offer, then those that arrive on
+this connection's worker channel; ``send`` relays to the protocol server,
+splitting large bodies and waiting for credit so that at most ``flow_window``
+bytes are unacknowledged. The app's exceptions stop here: logged, then a 500
+(or close 1011), and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import anyio
+
+from channels_lite import relay, wire
+from channels_lite.layer import RedisStreamsChannelLayer
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+
+class ClientDisconnected(OSError):
+    """``send`` on a WebSocket whose client is gone (what uvicorn raises too)."""
+
+
+class AppConnection:
+    """Runs the app for one :class:`~channels_lite.wire.Connect`."""
+
+    def __init__(
+        self,
+        layer: RedisStreamsChannelLayer,
+        app: Any,
+        connect: wire.Connect,
+        state: dict[str, Any],
+        *,
+        flow_window: int,
+    ) -> None:
+        self.layer = layer
+        self.app = app
+        self.connect = connect
+        self.state = state
+        self.window = flow_window
+        self.kind = str(connect.scope.get("type"))
+        self.channel = ""
+        self.peer = connect.reply_to
+        self._inbox_send, self._inbox = anyio.create_memory_object_stream[Message](math.inf)
+        self._initial = list(connect.events)
+        self._in_flight = 0  # response bytes sent, not yet credited
+        self._credit = anyio.Event()
+        self._consumed = 0  # request bytes the app read, not yet credited
+        self._started = False  # http.response.start / websocket.accept sent
+        self._complete = False  # response finished / socket closed by the app
+        self._trailers = False  # the response announced trailers
+        self._disconnect: Message | None = None  # the client left
+
+    async def run(self) -> None:
+        """Claim the connection and run the app to completion. Never raises app errors."""
+        self.channel = await self.layer.new_channel(relay.WORKER_CHANNEL_PREFIX)
+        # The first message on the protocol server's channel names ours; the
+        # app's events follow it on the same stream, so they cannot overtake.
+        await self.layer.send(self.peer, {"type": relay.CLAIM, "channel": self.channel})
+        scope = dict(self.connect.scope)
+        scope["state"] = dict(self.state)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump_inbox, tg.cancel_scope)
+                try:
+                    await self.app(scope, self.receive, self.send)
+                except Exception:
+                    logger.exception("conn %s: exception in ASGI application", self.peer)
+                    await self._after_failure()
+                else:
+                    await self._after_return()
+                tg.cancel_scope.cancel()
+        finally:
+            self.layer.forget_channel(self.channel)
+
+    # ------------------------------------------------------------------
+    # The app's receive and send
+
+    async def receive(self) -> Message:
+        if self._initial:
+            return self._consume(self._initial.pop(0))
+        if self._disconnect is not None:
+            return self._disconnect
+        if self.kind == "http" and self._complete:
+            return {"type": "http.disconnect"}
+        if self._consumed and self._inbox.statistics().current_buffer_used == 0:
+            # The app waits for more: credit what it read so the sender can go on.
+            await self._send_credit()
+        # Cancellation point: nothing is taken from the inbox unless returned.
+        message = await self._inbox.receive()
+        return self._consume(message)
+
+    def _consume(self, message: Message) -> Message:
+        kind = message["type"]
+        if kind in ("http.disconnect", "websocket.disconnect"):
+            self._disconnect = message
+        self._consumed += relay.payload_size(message)
+        return message
+
+    async def _send_credit(self) -> None:
+        amount, self._consumed = self._consumed, 0
+        await self.layer.send(self.peer, {"type": relay.CREDIT, "bytes": amount})
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if self._disconnect is not None:
+            if self.kind == "websocket":
+                raise ClientDisconnected("the WebSocket client has disconnected")
+            return  # HTTP: the client is gone; what the app says is moot
+        if self._complete:
+            raise RuntimeError(f"ASGI message {kind!r} after the response was complete")
+        if kind == "http.response.body":
+            await self._send_body(message)
+            return
+        if kind == "http.response.start":
+            self._started = True
+            self._trailers = bool(message.get("trailers", False))
+        elif kind == "websocket.accept":
+            self._started = True
+        elif kind == "websocket.close":
+            self._complete = True
+        elif kind == "http.response.trailers":
+            self._complete = not message.get("more_trailers", False)
+        elif kind == "websocket.send":
+            await self._wait_credit(relay.payload_size(message))
+        elif kind == "websocket.http.response.body":
+            self._complete = not message.get("more_body", False)
+        await self.layer.send(self.peer, message)
+
+    async def _send_body(self, message: Message) -> None:
+        body = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        # Split large bodies: each relay event stays well under the entry limit,
+        # and credit is waited for chunk by chunk.
+        chunks = [body[i : i + relay.CHUNK_SIZE] for i in range(0, len(body), relay.CHUNK_SIZE)]
+        for index, chunk in enumerate(chunks or [b""]):
+            last = index == len(chunks) - 1 or not chunks
+            await self._wait_credit(len(chunk))
+            event = {"type": "http.response.body", "body": chunk, "more_body": more or not last}
+            await self.layer.send(self.peer, event)
+        if not more:
+            self._complete = not self._trailers
+
+    async def _wait_credit(self, size: int) -> None:
+        while self._in_flight and self._in_flight + size > self.window:
+            # Cancellation point: waiting for the protocol server to write.
+            await self._credit.wait()
+        self._in_flight += size
+
+    # ------------------------------------------------------------------
+    # From the protocol server
+
+    async def _pump_inbox(self, app_scope: anyio.CancelScope) -> None:
+        while True:
+            message = await self.layer.receive(self.channel)
+            kind = message["type"]
+            if kind == relay.CREDIT:
+                self._in_flight = max(0, self._in_flight - int(message.get("bytes", 0)))
+                self._credit.set()
+                self._credit = anyio.Event()
+            elif kind == relay.DROP:
+                logger.warning("conn %s: claimed by another worker first; dropped", self.peer)
+                self._complete = True
+                app_scope.cancel()
+                return
+            elif kind.startswith("cl."):
+                logger.debug("conn %s: unknown control message %r", self.peer, kind)
+            else:
+                self._inbox_send.send_nowait(message)
+
+    # ------------------------------------------------------------------
+    # Ending
+
+    async def _after_failure(self) -> None:
+        if self._complete or self._disconnect is not None:
+            return
+        if self.kind == "http" and not self._started:
+            await self._send_error("http.response", 500)
+        elif self.kind == "websocket" and not self._started and self._can_deny:
+            await self._send_error("websocket.http.response", 500)
+        elif self.kind == "websocket":
+            # Accepted: 1011 (internal error). Not accepted and no denial
+            # extension: a close before accept, which the server turns into 403.
+            await self.layer.send(
+                self.peer, {"type": "websocket.close", "code": 1011, "reason": ""}
+            )
+        else:
+            # The response started: all we can do is cut it short.
+            await self.layer.send(self.peer, {"type": relay.ABORT})
+        self._complete = True
+
+    async def _after_return(self) -> None:
+        if self._complete or self._disconnect is not None:
+            return
+        if self.kind == "http":
+            if not self._started:
+                logger.error("conn %s: app returned without starting a response", self.peer)
+                await self._send_error("http.response", 500)
+            else:
+                logger.error("conn %s: app returned before completing the response", self.peer)
+                await self.layer.send(self.peer, {"type": relay.ABORT})
+        elif self.kind == "websocket":
+            # Returning closes the socket: normally if accepted, else 403.
+            await self.layer.send(
+                self.peer, {"type": "websocket.close", "code": 1000, "reason": ""}
+            )
+        self._complete = True
+
+    @property
+    def _can_deny(self) -> bool:
+        return "websocket.http.response" in (self.connect.scope.get("extensions") or {})
+
+    async def _send_error(self, prefix: str, status: int) -> None:
+        body = b"Internal Server Error\n"
+        await self.layer.send(
+            self.peer,
+            {
+                "type": f"{prefix}.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            },
+        )
+        await self.layer.send(self.peer, {"type": f"{prefix}.body", "body": body})
