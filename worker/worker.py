@@ -160,7 +160,7 @@ def _decode_connect(entry_id: bytes, fields: dict[bytes, bytes]) -> wire.Connect
         logger.warning("skipped %s entry %r on the connect stream", kind, entry_id)
         return None
     if envelope.scope.get("type") not in ("http", "websocket"):
-        kind = envelope.scope.get("type")
-        logger.warning("skipped connect entry %r with scope type %r", entry_id, kind)
+        scope_type = envelope.scope.get("type")
+        logger.warning("skipped connect entry %r with scope type %r", entry_id, scope_type)
         return None
     return envelope

@@ -49,7 +49,8 @@ class Process:
         return self.wait_for(pattern, timeout)
 
     def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             with self._new_line:
                 self.lines.append(line.rstrip("\n"))
