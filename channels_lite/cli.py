@@ -52,9 +52,23 @@ def _run(process: Any) -> None:
 
     try:
         anyio.run(run)
-    except ChannelsLiteError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (ChannelsLiteError, BaseExceptionGroup) as exc:
+        # Task groups wrap what they propagate: unwrap, so that a deliberate
+        # error (bad app, failed start-up, Redis gone) is one line, not a
+        # traceback. Anything else is a bug and keeps its traceback.
+        errors = _leaves(exc)
+        if not all(isinstance(error, ChannelsLiteError) for error in errors):
+            raise
+        for error in errors:
+            click.echo(f"error: {error}", err=True)
         raise SystemExit(1) from None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 @main.command("protocol-server")

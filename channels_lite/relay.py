@@ -19,6 +19,12 @@ Rules
   A slow client slows the app, not Redis memory; the same for uploads.
 * Control messages carry ``type`` values in the ``cl.`` namespace, which no
   ASGI event uses.
+* Bodies travel in pieces of at most :data:`CHUNK_SIZE` bytes, and so do
+  WebSocket messages: a larger ``websocket.receive`` or ``websocket.send``
+  crosses as several events of the same type, all but the last marked
+  :data:`MORE`, which the receiver joins (:class:`Joiner`) before the app or
+  the client sees one message. So no relay entry is ever larger than a chunk,
+  whatever ``--ws-max-size`` is, and a large message flows under credit.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ CREDIT: Final = "cl.credit"
 #: Worker to protocol server: the app failed after the response started;
 #: cut the connection rather than let a truncated response look complete.
 ABORT: Final = "cl.abort"
+
+#: Key on a WebSocket message event that is a part of a larger message.
+MORE: Final = "cl.more"
 
 #: Channel-name prefixes of the two sides (``new_channel(prefix)``).
 SERVER_CHANNEL_PREFIX: Final = "ps"
@@ -105,3 +114,46 @@ def make_layer(redis_url: str, prefix: str, *, max_message_size: int) -> Any:
 RELAY_CAPACITY: Final = 1_000_000
 #: Largest body chunk one relay event carries; bigger sends are split.
 CHUNK_SIZE: Final = 256 * 1024
+
+
+def split_message(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``websocket.receive``/``websocket.send`` event as relay parts of at most a chunk.
+
+    Text is cut between characters (a quarter chunk of them, at most a chunk
+    of UTF-8), so every part is valid text on its own.
+    """
+    data = event.get("bytes")
+    if data is not None:
+        key, step = "bytes", CHUNK_SIZE
+    else:
+        key, data, step = "text", event.get("text") or "", CHUNK_SIZE // 4
+    if len(data) <= step:
+        return [event]
+    parts: list[dict[str, Any]] = [
+        {"type": event["type"], key: data[i : i + step], MORE: True}
+        for i in range(0, len(data), step)
+    ]
+    del parts[-1][MORE]
+    return parts
+
+
+class Joiner:
+    """Joins the parts of WebSocket messages made by :func:`split_message`."""
+
+    def __init__(self) -> None:
+        self._parts: list[dict[str, Any]] = []
+        #: Payload bytes of the parts held so far.
+        self.size = 0
+
+    def add(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Take one event; return the whole message once its last part is in."""
+        if not self._parts and MORE not in event:
+            return event  # a message in one part, the usual case
+        self._parts.append(event)
+        self.size += payload_size(event)
+        if event.get(MORE):
+            return None
+        parts, self._parts, self.size = self._parts, [], 0
+        if parts[0].get("bytes") is not None:
+            return {"type": event["type"], "bytes": b"".join(p.get("bytes", b"") for p in parts)}
+        return {"type": event["type"], "text": "".join(p.get("text", "") for p in parts)}

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from .bridge import Bridge, ServerContext
+from .bridge import Bridge, ResponseAborted, ServerContext
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +71,18 @@ class HttpBridge(Bridge):
         while True:
             message = await self.receive()
             if message["type"] != "http.request":
-                await self.to_worker({"type": "http.disconnect"})
+                await self._client_left()
                 return
             self.body_seen += len(message.get("body", b""))
             if self.body_seen > limit:
                 # The app has started: it sees a disconnect; the client a 413.
-                await self.to_worker({"type": "http.disconnect"})
-                if not self.response_started:
-                    await self._error(413, b"Request body too large\n")
-                    self._relay_scope.cancel()  # whatever the app answers now is moot
+                await self.layer.send(self.worker, {"type": "http.disconnect"})
+                if self.response_started:
+                    # Too late for a 413, and the app, told the client left,
+                    # will not finish its response: cut the connection.
+                    raise ResponseAborted(f"conn {self.channel}: request body over the limit")
+                await self._error(413, b"Request body too large\n")
+                self._relay_scope.cancel()  # whatever the app answers now is moot
                 return
             await self.to_worker(
                 {
@@ -97,7 +100,14 @@ class HttpBridge(Bridge):
         # away (or once the response is complete, when we are cancelled anyway).
         message = await self.receive()
         if message["type"] == "http.disconnect":
-            await self.to_worker({"type": "http.disconnect"})
+            await self._client_left()
+
+    async def _client_left(self) -> None:
+        # Tell the app, then stop relaying: no response can reach the client
+        # now, and the app may well never send one. Not subject to the body
+        # window: a disconnect must get through even when the app reads nothing.
+        await self.layer.send(self.worker, {"type": "http.disconnect"})
+        self._relay_scope.cancel()
 
     async def _pump_response(self) -> None:
         trailers = False
@@ -130,7 +140,10 @@ class HttpBridge(Bridge):
                 "headers": [
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
+                    # No "connection: close": uvicorn then reads and discards
+                    # the rest of the request body. Closing with unread data
+                    # makes the kernel send RST, and a client still sending
+                    # (any client with a large body) loses the response.
                 ],
             }
         )

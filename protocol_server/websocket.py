@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from channels_lite.relay import payload_size
+from channels_lite.relay import Joiner, payload_size, split_message
 
 from .bridge import Bridge, ServerContext
 
@@ -35,6 +35,7 @@ class WebSocketBridge(Bridge):
         super().__init__(ctx, scope)
         self.receive = receive
         self.send = send
+        self._joiner = Joiner()  # parts of a large message from the app
 
     async def run(self) -> None:
         connect = await self.receive()
@@ -62,7 +63,8 @@ class WebSocketBridge(Bridge):
                     event["bytes"] = message["bytes"]
                 else:
                     event["text"] = message.get("text", "")
-                await self.to_worker(event)
+                for part in split_message(event):
+                    await self.to_worker(part)
             elif kind == "websocket.disconnect":
                 await self.to_worker(
                     {
@@ -81,8 +83,17 @@ class WebSocketBridge(Bridge):
             if kind in ("websocket.accept", "websocket.http.response.start"):
                 await self.send(message)
             elif kind == "websocket.send":
-                await self.send(message)
-                await self.credit_worker(payload_size(message))
+                size = payload_size(message)
+                if self._joiner.size + size > self.ctx.config.ws_max_size:
+                    await self._too_big()
+                    return
+                whole = self._joiner.add(message)
+                if whole is not None:
+                    await self.send(whole)
+                # Parts are credited as they arrive: the message is held here
+                # whole anyway (bounded by ws_max_size), and a message larger
+                # than the window must not wait for credit that never comes.
+                await self.credit_worker(size)
             elif kind == "websocket.close":
                 await self.send(message)
                 return
@@ -92,6 +103,18 @@ class WebSocketBridge(Bridge):
                     return
             else:
                 logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)
+
+    async def _too_big(self) -> None:
+        """The app sent a message over ``ws_max_size``: close as for a client's."""
+        logger.warning(
+            "conn %s: the app sent a WebSocket message over %d bytes; closing with 1009",
+            self.channel,
+            self.ctx.config.ws_max_size,
+        )
+        await self.send({"type": "websocket.close", "code": 1009, "reason": "message too big"})
+        await self.layer.send(
+            self.worker, {"type": "websocket.disconnect", "code": 1009, "reason": ""}
+        )
 
     async def _deny_unavailable(self) -> None:
         if _DENIAL in (self.scope.get("extensions") or {}):

@@ -56,7 +56,10 @@ class AppConnection:
         self._started = False  # http.response.start / websocket.accept sent
         self._complete = False  # response finished / socket closed by the app
         self._trailers = False  # the response announced trailers
-        self._disconnect: Message | None = None  # the client left
+        self._disconnect: Message | None = None  # the client left (the app has read it)
+        self._gone = False  # the client left (the protocol server said so)
+        self._closed: Message | None = None  # the disconnect after the app's own close
+        self._joiner = relay.Joiner()  # parts of a large WebSocket message
 
     async def run(self) -> None:
         """Claim the connection and run the app to completion. Never raises app errors."""
@@ -71,6 +74,11 @@ class AppConnection:
                 tg.start_soon(self._pump_inbox, tg.cancel_scope)
                 try:
                     await self.app(scope, self.receive, self.send)
+                except ClientDisconnected:
+                    # A send after the client left, not caught: as uvicorn does,
+                    # not an error worth a traceback.
+                    logger.debug("conn %s: the app sent to a client that had left", self.peer)
+                    self._complete = True
                 except Exception:
                     logger.exception("conn %s: exception in ASGI application", self.peer)
                     await self._after_failure()
@@ -84,12 +92,27 @@ class AppConnection:
     # The app's receive and send
 
     async def receive(self) -> Message:
+        while True:
+            message = await self._receive_event()
+            if message["type"] != "websocket.receive":
+                return message
+            # A large message comes in parts; the app gets it whole. Parts
+            # taken so far stay in the joiner if this receive is cancelled.
+            whole = self._joiner.add(message)
+            if whole is not None:
+                return whole
+
+    async def _receive_event(self) -> Message:
         if self._initial:
             return self._consume(self._initial.pop(0))
         if self._disconnect is not None:
             return self._disconnect
         if self.kind == "http" and self._complete:
             return {"type": "http.disconnect"}
+        if self._closed is not None and self._inbox.statistics().current_buffer_used == 0:
+            # The app closed the socket: what the client had sent before is
+            # above; now the disconnect, with the app's code, as uvicorn does.
+            return self._consume(self._closed)
         if self._consumed and self._inbox.statistics().current_buffer_used == 0:
             # The app waits for more: credit what it read so the sender can go on.
             await self._send_credit()
@@ -101,6 +124,7 @@ class AppConnection:
         kind = message["type"]
         if kind in ("http.disconnect", "websocket.disconnect"):
             self._disconnect = message
+            self._gone = True
         self._consumed += relay.payload_size(message)
         return message
 
@@ -110,7 +134,7 @@ class AppConnection:
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")
-        if self._disconnect is not None:
+        if self._gone:
             if self.kind == "websocket":
                 raise ClientDisconnected("the WebSocket client has disconnected")
             return  # HTTP: the client is gone; what the app says is moot
@@ -126,12 +150,22 @@ class AppConnection:
             self._started = True
         elif kind == "websocket.close":
             self._complete = True
+            code = message.get("code", 1000) if self._started else 1006
+            reason = (message.get("reason") or "") if self._started else ""
+            self._closed = {"type": "websocket.disconnect", "code": code, "reason": reason}
         elif kind == "http.response.trailers":
             self._complete = not message.get("more_trailers", False)
         elif kind == "websocket.send":
-            await self._wait_credit(relay.payload_size(message))
+            for part in relay.split_message(message):
+                await self._wait_credit(relay.payload_size(part))
+                if self._gone:
+                    raise ClientDisconnected("the WebSocket client has disconnected")
+                await self.layer.send(self.peer, part)
+            return
         elif kind == "websocket.http.response.body":
             self._complete = not message.get("more_body", False)
+            if self._complete:
+                self._closed = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         await self.layer.send(self.peer, message)
 
     async def _send_body(self, message: Message) -> None:
@@ -143,13 +177,15 @@ class AppConnection:
         for index, chunk in enumerate(chunks or [b""]):
             last = index == len(chunks) - 1 or not chunks
             await self._wait_credit(len(chunk))
+            if self._gone:
+                return  # the client left while we waited: the rest is moot
             event = {"type": "http.response.body", "body": chunk, "more_body": more or not last}
             await self.layer.send(self.peer, event)
         if not more:
             self._complete = not self._trailers
 
     async def _wait_credit(self, size: int) -> None:
-        while self._in_flight and self._in_flight + size > self.window:
+        while not self._gone and self._in_flight and self._in_flight + size > self.window:
             # Cancellation point: waiting for the protocol server to write.
             await self._credit.wait()
         self._in_flight += size
@@ -173,13 +209,20 @@ class AppConnection:
             elif kind.startswith("cl."):
                 logger.debug("conn %s: unknown control message %r", self.peer, kind)
             else:
+                if kind in ("http.disconnect", "websocket.disconnect"):
+                    # The client is gone whether or not the app reads this:
+                    # no credit will come, so a send must not wait for it
+                    # (uvicorn's send fails or does nothing at once, too).
+                    self._gone = True
+                    self._credit.set()
+                    self._credit = anyio.Event()
                 self._inbox_send.send_nowait(message)
 
     # ------------------------------------------------------------------
     # Ending
 
     async def _after_failure(self) -> None:
-        if self._complete or self._disconnect is not None:
+        if self._complete or self._gone:
             return
         if self.kind == "http" and not self._started:
             await self._send_error("http.response", 500)
@@ -197,7 +240,7 @@ class AppConnection:
         self._complete = True
 
     async def _after_return(self) -> None:
-        if self._complete or self._disconnect is not None:
+        if self._complete or self._gone:
             return
         if self.kind == "http":
             if not self._started:

@@ -54,31 +54,39 @@ async def lifespan(
         finally:
             from_app_send.close()
 
+    failure: LifespanFailed | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_app)
         await to_app_send.send({"type": "lifespan.startup"})
         reply = await _next(from_app)
-        if reply is None:
-            if mode == "on" or not app_error:
-                raise LifespanFailed(
-                    f"lifespan start-up did not complete: {app_error or 'app returned'}"
-                )
-            logger.info("app does not support lifespan (%r); continuing without it", app_error[0])
-            yield state
+        if reply is not None and reply["type"] == "lifespan.startup.complete":
+            logger.info("lifespan start-up complete")
+            try:
+                yield state
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(shutdown_timeout):
+                    # Shielded: shutdown runs even when the worker is being cancelled.
+                    await to_app_send.send({"type": "lifespan.shutdown"})
+                    reply = await _next(from_app)
+                    if reply is not None and reply["type"] == "lifespan.shutdown.failed":
+                        logger.error("lifespan shutdown failed: %s", reply.get("message", ""))
+                tg.cancel_scope.cancel()
             return
-        if reply["type"] == "lifespan.startup.failed":
-            raise LifespanFailed(f"lifespan start-up failed: {reply.get('message', '')}")
-        logger.info("lifespan start-up complete")
-        try:
-            yield state
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(shutdown_timeout):
-                # Shielded: shutdown runs even when the worker is being cancelled.
-                await to_app_send.send({"type": "lifespan.shutdown"})
-                reply = await _next(from_app)
-                if reply is not None and reply["type"] == "lifespan.shutdown.failed":
-                    logger.error("lifespan shutdown failed: %s", reply.get("message", ""))
-            tg.cancel_scope.cancel()
+        # Start-up did not complete. Raised below, outside the task group, so
+        # callers get LifespanFailed itself rather than an ExceptionGroup.
+        if reply is not None:
+            message = reply.get("message", "") if reply["type"].endswith(".failed") else ""
+            failure = LifespanFailed(f"lifespan start-up failed: {message or reply['type']}")
+        elif mode == "on" or not app_error:
+            if app_error:
+                logger.error("exception in the app's lifespan start-up", exc_info=app_error[0])
+            cause = repr(app_error[0]) if app_error else "the app returned without answering"
+            failure = LifespanFailed(f"lifespan start-up did not complete: {cause}")
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    logger.info("app does not support lifespan (%r); continuing without it", app_error[0])
+    yield state
 
 
 async def _next(stream: Any) -> Message | None:

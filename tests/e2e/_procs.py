@@ -24,7 +24,13 @@ _LISTENING = re.compile(r"listening on (?P<host>[^\s:]+|\[[^\]]+\]):(?P<port>\d+
 
 
 class Process:
-    """A ``channels-lite`` subcommand running in the background."""
+    """A ``channels-lite`` subcommand running in the background.
+
+    ``module`` is what ``python -m`` runs: a subclass may run another program
+    (``uvicorn``, for instance) with the same readiness and log handling.
+    """
+
+    module = "channels_lite"
 
     def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
@@ -37,7 +43,7 @@ class Process:
         """Start and wait until a log line matches ``ready``; return the match."""
         pattern = re.compile(ready) if isinstance(ready, str) else ready
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "channels_lite", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

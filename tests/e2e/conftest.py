@@ -8,6 +8,9 @@ fails shows every process's log.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +54,26 @@ class Deployment:
 Deploy = Callable[..., Deployment]
 
 
+def stop_together(processes: Sequence[Process], timeout: float = 15.0) -> None:
+    """SIGTERM all at once (their drains overlap), wait, SIGKILL what is left.
+
+    One SIGTERM each: a second one can land after a process has put back the
+    default handler on its way out, and kill it (exit -15) mid-shutdown.
+    """
+    running = [p for p in processes if p.proc is not None and p.proc.poll() is None]
+    for process in running:
+        process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        assert process.proc is not None
+        try:
+            process.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.signal(signal.SIGKILL)
+    for process in processes:
+        process.stop()  # reaps and closes the log pipe; signals nothing now
+
+
 @pytest.fixture
 def deploy(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Deploy]:
     deployments: list[Deployment] = []
@@ -74,9 +97,8 @@ def deploy(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Deploy]:
 
     yield make
     failed = getattr(request.node, "rep_call", None)
+    stop_together([p for d in deployments for p in [*d.workers, *d.servers]])
     for deployment in deployments:
-        for process in [*deployment.workers, *deployment.servers]:
-            process.stop()
         if failed is not None and failed.failed:
             print(deployment.logs())
 

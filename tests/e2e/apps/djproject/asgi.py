@@ -1,0 +1,11 @@
+"""Plain Django under ASGI: what ``uvicorn djproject.asgi:application`` serves."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djproject.settings")
+
+application = get_asgi_application()

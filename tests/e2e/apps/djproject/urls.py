@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("hello/", views.hello),
+    path("info/", views.info),
+    path("echo/", views.echo),
+]
