@@ -39,13 +39,13 @@ import logging
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from .. import keys, wire
 from ..exceptions import ChannelFull, ConfigError, WireError
+from ._inbox import Inbox, InboxRules
 from ._names import CapacityTable, check_channel, check_group, check_message, non_local_name
 from ._stats import Counters, LayerStatistics
 
@@ -80,33 +80,9 @@ class Popped:
 
 
 @dataclass(slots=True)
-class _Reader:
-    """Per (event loop, stream) receive state: local buffers and who is fetching."""
-
-    stream: str
-    specific: bool
-    buffers: dict[str, deque[tuple[int, bytes]]] = field(default_factory=dict)
-    fetching: bool = False
-    inflight: int = 0  # shielded pops not yet distributed
-    waiting: dict[str, int] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    # Channels whose owner is gone (forget_channel), with when: late arrivals
-    # for them are discarded instead of buffered.
-    forgotten: dict[str, float] = field(default_factory=dict)
-    swept_ms: float = 0.0
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def idle(self) -> bool:
-        return not (self.buffers or self.fetching or self.inflight or self.waiting)
-
-
-@dataclass(slots=True)
 class _LoopState:
     client_prefix: str = field(default_factory=lambda: secrets.token_hex(6))
-    readers: dict[str, _Reader] = field(default_factory=dict)
+    readers: dict[str, Inbox] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     backend: Any = None
 
@@ -151,6 +127,9 @@ class BaseChannelLayer:
         self._expiry_ms = int(expiry * 1000)
         self._group_expiry_ms = int(group_expiry * 1000)
         self._counters = Counters()
+        self._rules = InboxRules(
+            self.capacity_for, max_message_size, self._expiry_ms, self._counters
+        )
         self._clock_offset_ms = 0.0
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._outage_since: float | None = None
@@ -229,12 +208,12 @@ class BaseChannelLayer:
         stream = self._stream_key(channel)
         reader = state.readers.get(stream)
         if reader is None:
-            reader = state.readers[stream] = _Reader(stream, specific="!" in channel)
+            reader = state.readers[stream] = Inbox(stream, non_local_name(channel), self._rules)
         reader.waiting[channel] = reader.waiting.get(channel, 0) + 1
         backoff = 0.05
         try:
             while True:
-                message = self._take(reader, channel)
+                message = reader.take(channel, self._now_ms())
                 if message is not None:
                     return message
                 if reader.fetching or reader.inflight:
@@ -334,7 +313,7 @@ class BaseChannelLayer:
     # ------------------------------------------------------------------
     # Receiving
 
-    async def _fetch(self, state: _LoopState, reader: _Reader, channel: str) -> None:
+    async def _fetch(self, state: _LoopState, reader: Inbox, channel: str) -> None:
         reader.fetching = True
         try:
             # A process-specific stream is ours alone: take a batch. A normal
@@ -354,7 +333,7 @@ class BaseChannelLayer:
             reader.fetching = False
             reader.notify()
 
-    async def _pop_into(self, reader: _Reader, count: int) -> int:
+    async def _pop_into(self, reader: Inbox, count: int) -> int:
         try:
             popped = await self._pop(reader.stream, count)
         finally:
@@ -363,25 +342,11 @@ class BaseChannelLayer:
         self._clock_offset_ms = popped.now_ms - time.time() * 1000
         self._counters.expired += popped.expired
         for entry_id, fields in popped.entries:
-            self._distribute(reader, entry_id, fields)
+            reader.distribute(entry_id, fields)
         if popped.now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
-            self._sweep(reader, popped.now_ms)
+            reader.sweep(popped.now_ms)
         reader.notify()
         return len(popped.entries)
-
-    def _sweep(self, reader: _Reader, now_ms: float) -> None:
-        """Age out buffered messages nobody came for, so buffers of channels
-        whose consumers are gone do not live as long as the process."""
-        reader.swept_ms = now_ms
-        cutoff = now_ms - self._expiry_ms
-        for name in [n for n, at in reader.forgotten.items() if at < cutoff]:
-            del reader.forgotten[name]
-        for name, buffer in list(reader.buffers.items()):
-            while buffer and buffer[0][0] < cutoff:
-                buffer.popleft()
-                self._counters.expired += 1
-            if not buffer:
-                del reader.buffers[name]
 
     def forget_channel(self, channel: str) -> None:
         """Drop what is buffered for a process-specific ``channel`` of this loop
@@ -393,55 +358,7 @@ class BaseChannelLayer:
         state = self._loops.get(asyncio.get_running_loop())
         reader = None if state is None else state.readers.get(self._stream_key(channel))
         if reader is not None:
-            reader.buffers.pop(channel, None)
-            reader.forgotten[channel] = self._now_ms()
-
-    def _distribute(self, reader: _Reader, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        try:
-            to, body = wire.split_channel_message(fields, max_size=self.max_message_size)
-        except WireError as exc:
-            self._counters.malformed += 1
-            logger.warning("skipped malformed entry %r on %s: %s", entry_id, reader.stream, exc)
-            return
-        ms = int(entry_id.split(b"-", 1)[0])
-        if not reader.specific:
-            # A normal stream belongs to one channel, whatever the entry claims.
-            to = (reader.stream.removeprefix(keys.channel_stream(self.prefix, "")),)
-        for name in to:
-            if reader.specific and non_local_name(name) != self._stream_name(reader.stream):
-                self._counters.malformed += 1
-                logger.warning(
-                    "entry %r on %s names foreign channel %r", entry_id, reader.stream, name
-                )
-                continue
-            buffer = reader.buffers.get(name)
-            if buffer is None:
-                if name in reader.forgotten:
-                    continue
-                buffer = reader.buffers[name] = deque()
-            elif len(buffer) >= self.capacity_for(name):
-                buffer.popleft()
-                self._counters.dropped += 1
-            buffer.append((ms, body))
-
-    def _take(self, reader: _Reader, channel: str) -> dict[str, Any] | None:
-        buffer = reader.buffers.get(channel)
-        while buffer:
-            ms, body = buffer.popleft()
-            if not buffer:
-                del reader.buffers[channel]
-            if self._now_ms() - ms > self._expiry_ms:
-                self._counters.expired += 1
-                continue
-            try:
-                message = wire.decode_message(body, max_size=self.max_message_size)
-            except WireError as exc:
-                self._counters.malformed += 1
-                logger.warning("skipped malformed message for %r: %s", channel, exc)
-                continue
-            self._counters.received += 1
-            return message
-        return None
+            reader.forget(channel, self._now_ms())
 
     # ------------------------------------------------------------------
     # Helpers
@@ -456,9 +373,6 @@ class BaseChannelLayer:
 
     def _stream_key(self, channel: str) -> str:
         return keys.channel_stream(self.prefix, non_local_name(channel))
-
-    def _stream_name(self, stream: str) -> str:
-        return stream.removeprefix(keys.channel_stream(self.prefix, ""))
 
     def _group_key(self, group: str) -> str:
         return keys.group_set(self.prefix, check_group(group))

@@ -1,0 +1,137 @@
+"""Local buffers of one stream in one event loop: the demultiplexing half of receive.
+
+Entries popped from a stream land here, split by recipient channel; each
+``receive`` takes from its channel's buffer. Nothing here does I/O, so every
+rule is plain bookkeeping: a buffer holds at most its channel's capacity (the
+oldest is evicted and counted as dropped), messages are aged against the
+broker's clock, and channels whose owner has gone are forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import wire
+from ..exceptions import WireError
+from ._names import non_local_name
+from ._stats import Counters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRules:
+    """What every inbox of one layer applies."""
+
+    capacity_for: Callable[[str], int]
+    max_message_size: int
+    expiry_ms: int
+    counters: Counters
+
+
+@dataclass(slots=True)
+class Inbox:
+    """Receive state of one (event loop, stream): local buffers and who is fetching.
+
+    ``name`` is the stream's channel (a normal channel's name, or ``name!``
+    for the process-specific channels that share it).
+    """
+
+    stream: str
+    name: str
+    rules: InboxRules
+    buffers: dict[str, deque[tuple[int, bytes]]] = field(default_factory=dict)
+    fetching: bool = False
+    inflight: int = 0  # shielded pops not yet distributed
+    waiting: dict[str, int] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Channels whose owner is gone (forget), with when: late arrivals for
+    # them are discarded instead of buffered.
+    forgotten: dict[str, float] = field(default_factory=dict)
+    swept_ms: float = 0.0
+
+    @property
+    def specific(self) -> bool:
+        return self.name.endswith("!")
+
+    def notify(self) -> None:
+        """Wake every receive of this loop waiting on this stream."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def idle(self) -> bool:
+        return not (self.buffers or self.fetching or self.inflight or self.waiting)
+
+    def distribute(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """File one popped entry under each of its recipients."""
+        counters = self.rules.counters
+        try:
+            to, body = wire.split_channel_message(fields, max_size=self.rules.max_message_size)
+        except WireError as exc:
+            counters.malformed += 1
+            logger.warning("skipped malformed entry %r on %s: %s", entry_id, self.stream, exc)
+            return
+        ms = int(entry_id.split(b"-", 1)[0])
+        if not self.specific:
+            to = (self.name,)  # a normal stream belongs to one channel, whatever the entry says
+        for name in to:
+            if self.specific and non_local_name(name) != self.name:
+                counters.malformed += 1
+                logger.warning(
+                    "entry %r on %s names foreign channel %r", entry_id, self.stream, name
+                )
+                continue
+            buffer = self.buffers.get(name)
+            if buffer is None:
+                if name in self.forgotten:
+                    continue
+                buffer = self.buffers[name] = deque()
+            elif len(buffer) >= self.rules.capacity_for(name):
+                buffer.popleft()
+                counters.dropped += 1
+            buffer.append((ms, body))
+
+    def take(self, channel: str, now_ms: float) -> dict[str, Any] | None:
+        """The oldest unexpired, decodable message for ``channel``, if any."""
+        counters = self.rules.counters
+        buffer = self.buffers.get(channel)
+        while buffer:
+            ms, body = buffer.popleft()
+            if not buffer:
+                del self.buffers[channel]
+            if now_ms - ms > self.rules.expiry_ms:
+                counters.expired += 1
+                continue
+            try:
+                message = wire.decode_message(body, max_size=self.rules.max_message_size)
+            except WireError as exc:
+                counters.malformed += 1
+                logger.warning("skipped malformed message for %r: %s", channel, exc)
+                continue
+            counters.received += 1
+            return message
+        return None
+
+    def sweep(self, now_ms: float) -> None:
+        """Age out buffered messages nobody came for, so buffers of channels
+        whose consumers are gone do not live as long as the process."""
+        self.swept_ms = now_ms
+        cutoff = now_ms - self.rules.expiry_ms
+        for name in [n for n, at in self.forgotten.items() if at < cutoff]:
+            del self.forgotten[name]
+        for name, buffer in list(self.buffers.items()):
+            while buffer and buffer[0][0] < cutoff:
+                buffer.popleft()
+                self.rules.counters.expired += 1
+            if not buffer:
+                del self.buffers[name]
+
+    def forget(self, channel: str, now_ms: float) -> None:
+        """Drop ``channel``'s buffer and discard what still arrives for it."""
+        self.buffers.pop(channel, None)
+        self.forgotten[channel] = now_ms
