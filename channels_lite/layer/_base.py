@@ -131,6 +131,7 @@ class BaseChannelLayer:
             self.capacity_for, max_message_size, self._expiry_ms, self._counters
         )
         self._clock_offset_ms = 0.0
+        self._stream_keys: dict[str, str] = {}
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._outage_since: float | None = None
 
@@ -219,8 +220,9 @@ class BaseChannelLayer:
                 if reader.fetching or reader.inflight:
                     # Another receive of this loop is talking to the broker for
                     # this stream, or a pop of a cancelled receive is still
-                    # landing; either notifies when it distributes or gives up.
-                    await reader.changed.wait()
+                    # landing: we are woken when a message for us lands or
+                    # when the fetch role is handed to us.
+                    await reader.wait(channel)
                     continue
                 try:
                     await self._fetch(state, reader, channel)
@@ -235,6 +237,8 @@ class BaseChannelLayer:
                 reader.waiting[channel] = remaining
             else:
                 del reader.waiting[channel]
+            # If we were the one fetching, someone else must take over.
+            reader.hand_off()
             if reader.idle() and state.readers.get(stream) is reader:
                 del state.readers[stream]
 
@@ -331,7 +335,6 @@ class BaseChannelLayer:
                 await self._wait(reader.stream, BLOCK_SECONDS)
         finally:
             reader.fetching = False
-            reader.notify()
 
     async def _pop_into(self, reader: Inbox, count: int) -> int:
         try:
@@ -345,7 +348,8 @@ class BaseChannelLayer:
             reader.distribute(entry_id, fields)
         if popped.now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
             reader.sweep(popped.now_ms)
-        reader.notify()
+        # The receive that started this pop may have been cancelled meanwhile.
+        reader.hand_off()
         return len(popped.entries)
 
     def forget_channel(self, channel: str) -> None:
@@ -372,7 +376,16 @@ class BaseChannelLayer:
         return body
 
     def _stream_key(self, channel: str) -> str:
-        return keys.channel_stream(self.prefix, non_local_name(channel))
+        # Cached per name: group_send maps every member on every call.
+        try:
+            return self._stream_keys[channel]
+        except KeyError:
+            if len(self._stream_keys) >= 65536:
+                self._stream_keys.clear()
+            key = self._stream_keys[channel] = keys.channel_stream(
+                self.prefix, non_local_name(channel)
+            )
+            return key
 
     def _group_key(self, group: str) -> str:
         return keys.group_set(self.prefix, check_group(group))

@@ -49,7 +49,10 @@ class Inbox:
     fetching: bool = False
     inflight: int = 0  # shielded pops not yet distributed
     waiting: dict[str, int] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Receives of this loop parked until their channel gets a message or the
+    # fetch role is handed to them: one future each, so a pop wakes only the
+    # receives it has something for (not every receive of a busy process).
+    waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
     # Channels whose owner is gone (forget), with when: late arrivals for
     # them are discarded instead of buffered.
     forgotten: dict[str, float] = field(default_factory=dict)
@@ -59,10 +62,35 @@ class Inbox:
     def specific(self) -> bool:
         return self.name.endswith("!")
 
-    def notify(self) -> None:
-        """Wake every receive of this loop waiting on this stream."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+    async def wait(self, channel: str) -> None:
+        """Park until :meth:`wake` for ``channel`` or :meth:`hand_off`.
+
+        Cancellation: safe; the future is simply discarded.
+        """
+        future = asyncio.get_running_loop().create_future()
+        parked = self.waiters.setdefault(channel, [])
+        parked.append(future)
+        try:
+            await future
+        finally:
+            parked.remove(future)
+            if not parked and self.waiters.get(channel) is parked:
+                del self.waiters[channel]
+
+    def wake(self, channel: str) -> None:
+        for future in self.waiters.get(channel, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def hand_off(self) -> None:
+        """Nobody fetches for this stream now: wake one parked receive to do it."""
+        if self.fetching or self.inflight:
+            return
+        for parked in self.waiters.values():
+            for future in parked:
+                if not future.done():
+                    future.set_result(None)
+                    return
 
     def idle(self) -> bool:
         return not (self.buffers or self.fetching or self.inflight or self.waiting)
@@ -95,6 +123,8 @@ class Inbox:
                 buffer.popleft()
                 counters.dropped += 1
             buffer.append((ms, body))
+            if name in self.waiters:
+                self.wake(name)
 
     def take(self, channel: str, now_ms: float) -> dict[str, Any] | None:
         """The oldest unexpired, decodable message for ``channel``, if any."""

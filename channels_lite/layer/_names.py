@@ -7,6 +7,7 @@ tested on the in-memory layer must not meet a different validator on Redis.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -24,9 +25,15 @@ _RULES: Final = (
 )
 
 
+@functools.lru_cache(maxsize=65536)
+def _channel_ok(name: str) -> bool:
+    # Cached: a process checks the same few thousand names over and over.
+    return len(name) < MAX_NAME_LENGTH and _CHANNEL_RE.match(name) is not None
+
+
 def check_channel(name: object) -> str:
     """Return ``name`` if it is a valid channel name, else raise :class:`InvalidChannelName`."""
-    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _CHANNEL_RE.match(name):
+    if not isinstance(name, str) or not _channel_ok(name):
         raise InvalidChannelName(
             f"channel name {name!r} {_RULES} (plus one '!' for process-specific channels)"
         )

@@ -19,11 +19,13 @@ import asyncio
 import hashlib
 import logging
 import re
+import socket
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -34,13 +36,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import keys, wire
 from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
 from . import _scripts
-from ._base import BLOCK_SECONDS, Append, BaseChannelLayer, Popped, _LoopState
+from ._base import Append, BaseChannelLayer, Popped, _LoopState
 
 __all__ = ["RedisStreamsChannelLayer"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_KEYS_PER_CALL = 1000
+#: Seconds a blocking read may overrun its BLOCK before the connection is presumed dead.
+_REPLY_GRACE = 5.0
+#: Find a dead broker connection in about 20 s (Linux's default is 2 hours).
+_KEEPALIVE: dict[int, int] = {
+    opt: value
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 2))
+    if (opt := getattr(socket, name, None)) is not None
+}
 _HostSpec = tuple[str | None, dict[str, Any]]  # (url or None, client kwargs)
 
 
@@ -275,9 +285,19 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         # consumes nothing, so cancelling it (redis-py then drops the
         # connection) loses no message.
         try:
-            await self._client_for(stream).execute_command(  # type: ignore[no-untyped-call]
-                "XREAD", "COUNT", 1, "BLOCK", int(block_seconds * 1000), "STREAMS", stream, "0-0"
-            )
+            # Redis answers within block_seconds; if it does not, the
+            # connection is dead (no socket_timeout, see _make_client).
+            with anyio.fail_after(block_seconds + _REPLY_GRACE):
+                await self._client_for(stream).execute_command(  # type: ignore[no-untyped-call]
+                    "XREAD",
+                    "COUNT",
+                    1,
+                    "BLOCK",
+                    int(block_seconds * 1000),
+                    "STREAMS",
+                    stream,
+                    "0-0",
+                )
         except AuthenticationError as exc:
             # A ConnectionError subclass in redis-py, but no outage: waiting
             # it out would hang every receive on a misconfiguration.
@@ -367,9 +387,14 @@ def _parse_host(host: Any) -> _HostSpec:
 def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
     settings: dict[str, Any] = {
         "socket_connect_timeout": 5,
-        # Longer than an XREAD BLOCK, so only a dead connection times out.
-        "socket_timeout": BLOCK_SECONDS + 10,
+        # No socket_timeout: redis-py would wrap every command in wait_for,
+        # a task per command, and on Python 3.11 wait_for can swallow a
+        # cancellation (gh-86296), so a cancelled receive could run on.
+        # Dead peers are found by TCP keepalive instead, and the blocking
+        # XREAD has its own bound (_wait).
+        "socket_timeout": None,
         "socket_keepalive": True,
+        "socket_keepalive_options": _KEEPALIVE,
         # One quick retry on a broken connection: after a Redis restart the
         # pooled sockets are dead and the first command on each must reconnect.
         "retry": Retry(
@@ -380,6 +405,7 @@ def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
     }
     if (url or "").startswith("unix:") or "unix_socket_path" in options:
         settings.pop("socket_keepalive", None)  # not a TCP socket
+        settings.pop("socket_keepalive_options", None)
     try:
         if url is not None:
             return aioredis.Redis.from_url(url, **settings)
