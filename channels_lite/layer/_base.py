@@ -208,6 +208,11 @@ class BaseChannelLayer:
         state = self._state()
         stream = self._stream_key(channel)
         reader = state.readers.get(stream)
+        if reader is not None and channel in reader.buffers:
+            # Fast path: already here (a batch pop or a group fan-out left it).
+            message = reader.take(channel, self._now_ms())
+            if message is not None:
+                return message
         if reader is None:
             reader = state.readers[stream] = Inbox(stream, non_local_name(channel), self._rules)
         reader.waiting[channel] = reader.waiting.get(channel, 0) + 1

@@ -53,6 +53,7 @@ class Inbox:
     # fetch role is handed to them: one future each, so a pop wakes only the
     # receives it has something for (not every receive of a busy process).
     waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    handed: asyncio.Future[None] | None = None  # the parked receive told to fetch
     # Channels whose owner is gone (forget), with when: late arrivals for
     # them are discarded instead of buffered.
     forgotten: dict[str, float] = field(default_factory=dict)
@@ -72,10 +73,26 @@ class Inbox:
         parked.append(future)
         try:
             await future
+        except BaseException:
+            if self.handed is future:
+                # Handed the fetch role but cancelled before we could take
+                # it: pass it on, or the other parked receives starve.
+                self.handed = None
+                self._unpark(channel, parked, future)
+                self.hand_off()
+            raise
         finally:
+            self._unpark(channel, parked, future)
+        if self.handed is future:
+            self.handed = None  # our caller takes the role now
+
+    def _unpark(
+        self, channel: str, parked: list[asyncio.Future[None]], future: asyncio.Future[None]
+    ) -> None:
+        if future in parked:
             parked.remove(future)
-            if not parked and self.waiters.get(channel) is parked:
-                del self.waiters[channel]
+        if not parked and self.waiters.get(channel) is parked:
+            del self.waiters[channel]
 
     def wake(self, channel: str) -> None:
         for future in self.waiters.get(channel, ()):
@@ -83,13 +100,18 @@ class Inbox:
                 future.set_result(None)
 
     def hand_off(self) -> None:
-        """Nobody fetches for this stream now: wake one parked receive to do it."""
-        if self.fetching or self.inflight:
+        """Nobody fetches for this stream now: wake one parked receive to do it.
+
+        At most one hand-off is outstanding, so a burst of receives returning
+        together does not wake a crowd of would-be fetchers.
+        """
+        if self.fetching or self.inflight or self.handed is not None:
             return
         for parked in self.waiters.values():
             for future in parked:
                 if not future.done():
                     future.set_result(None)
+                    self.handed = future
                     return
 
     def idle(self) -> bool:
