@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from channels_lite import relay, wire
-from channels_lite.layer import RedisStreamsChannelLayer
+from channels_lite.layer import BaseChannelLayer, RedisStreamsChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,14 @@ class AppConnection:
         state: dict[str, Any],
         *,
         flow_window: int,
+        app_layer: BaseChannelLayer | None = None,
     ) -> None:
         self.layer = layer
         self.app = app
         self.connect = connect
         self.state = state
         self.window = flow_window
+        self.app_layer = app_layer
         self.kind = str(connect.scope.get("type"))
         self.channel = ""
         self.peer = connect.reply_to
@@ -69,6 +71,14 @@ class AppConnection:
         await self.layer.send(self.peer, {"type": relay.CLAIM, "channel": self.channel})
         scope = dict(self.connect.scope)
         scope["state"] = dict(self.state)
+        app_channel = ""
+        if self.app_layer is not None:
+            # The app's way to the channel layer (docs/architecture.md): the
+            # layer and a process-specific channel of its own, as a Channels
+            # consumer has self.channel_layer and self.channel_name.
+            app_channel = await self.app_layer.new_channel()
+            scope["channel_layer"] = self.app_layer
+            scope["channel_name"] = app_channel
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump_inbox, tg.cancel_scope)
@@ -87,6 +97,8 @@ class AppConnection:
                 tg.cancel_scope.cancel()
         finally:
             self.layer.forget_channel(self.channel)
+            if app_channel and self.app_layer is not None:
+                self.app_layer.forget_channel(app_channel)
 
     # ------------------------------------------------------------------
     # The app's receive and send

@@ -60,6 +60,10 @@ class Worker:
             config.redis_url, config.prefix, max_message_size=relay.CHUNK_SIZE + 64 * 1024
         )
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
+        # The layer apps see in scope["channel_layer"]: ordinary capacities,
+        # the deployment's prefix, so groups are shared with Channels
+        # consumers and external publishers on the same Redis.
+        self.app_layer = RedisStreamsChannelLayer(hosts=[config.redis_url], prefix=config.prefix)
         try:
             await queue.ensure_group()
             async with (
@@ -78,6 +82,7 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await layer.close()
+                await self.app_layer.close()
 
     def stop(self) -> None:
         """Take no new connection; let in-flight ones finish (``shutdown_timeout``)."""
@@ -123,7 +128,12 @@ class Worker:
                     continue
                 self.active += 1
                 connection = AppConnection(
-                    layer, app, connect, state, flow_window=config.flow_window
+                    layer,
+                    app,
+                    connect,
+                    state,
+                    flow_window=config.flow_window,
+                    app_layer=self.app_layer,
                 )
                 connections.start_soon(self._run, connection)
 
