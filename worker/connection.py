@@ -184,10 +184,14 @@ class AppConnection:
         body = message.get("body", b"")
         more = bool(message.get("more_body", False))
         # Split large bodies: each relay event stays well under the entry limit,
-        # and credit is waited for chunk by chunk.
-        chunks = [body[i : i + relay.CHUNK_SIZE] for i in range(0, len(body), relay.CHUNK_SIZE)]
-        for index, chunk in enumerate(chunks or [b""]):
-            last = index == len(chunks) - 1 or not chunks
+        # and credit is waited for chunk by chunk. Each chunk is cut only when
+        # its turn comes: slicing them all up front would copy the whole body
+        # at once (a second 100 MB next to the app's own for one big send).
+        size = len(body)
+        for start in range(0, size, relay.CHUNK_SIZE) or (0,):
+            end = start + relay.CHUNK_SIZE
+            chunk = body if start == 0 and end >= size else body[start:end]
+            last = end >= size
             await self._wait_credit(len(chunk))
             if self._gone:
                 return  # the client left while we waited: the rest is moot
