@@ -99,13 +99,16 @@ class Connect:
 
     ``reply_to`` is the channel of the protocol server that owns the
     connection; ``events`` are the first ASGI events (for HTTP, the first body
-    chunk), so a small request crosses Redis as one entry.
+    chunk), so a small request crosses Redis as one entry. ``server`` is the
+    protocol server's process id, whose heartbeat the worker watches (empty:
+    not watched).
     """
 
     conn: str
     reply_to: str
     scope: Message
     events: tuple[Message, ...] = ()
+    server: str = ""
 
     KIND = b"conn"
 
@@ -234,12 +237,15 @@ def encode(envelope: Envelope, *, max_size: int = DEFAULT_MAX_SIZE) -> dict[byte
         _check_message(envelope.scope, "scope")
         for event in envelope.events:
             _check_message(event, "event")
+        _check_str(envelope.server, "server")
         payload = {
             "conn": envelope.conn,
             "reply_to": envelope.reply_to,
             "scope": envelope.scope,
             "events": list(envelope.events),
         }
+        if envelope.server:
+            payload["server"] = envelope.server
         fields = _fields(Connect.KIND, pack(payload))
     elif isinstance(envelope, Event):
         _check_str(envelope.conn, "conn")
@@ -290,6 +296,7 @@ def decode(fields: Mapping[bytes, bytes], *, max_size: int = DEFAULT_MAX_SIZE) -
             reply_to=_expect_str(payload, "reply_to"),
             scope=_expect_message(payload.get("scope"), "scope"),
             events=tuple(_expect_message(e, "event") for e in events),
+            server=_expect_str(payload, "server") if "server" in payload else "",
         )
     if kind == Event.KIND:
         return Event(

@@ -644,3 +644,20 @@ def test_wire_error_hierarchy() -> None:
     assert issubclass(WireError, ValueError)
     with pytest.raises(ValueError, match="unsupported wire version"):
         wire.decode({})
+
+
+def test_connect_server_id_round_trips_and_is_optional() -> None:
+    scope = {"type": "http", "path": "/"}
+    with_server = wire.Connect(conn="c", reply_to="ps.a!c", scope=scope, server="ps-1")
+    assert wire.decode(wire.encode(with_server)) == with_server
+    without = wire.Connect(conn="c", reply_to="ps.a!c", scope=scope)
+    fields = wire.encode(without)
+    assert b"server" not in fields[b"d"]  # absent, not an empty string, on the wire
+    assert wire.decode(fields).server == ""
+
+
+def test_connect_server_id_must_be_text() -> None:
+    payload = {"conn": "c", "reply_to": "r", "scope": {"type": "http"}, "server": 7}
+    fields = {b"v": b"1", b"k": b"conn", b"d": msgpack.packb(payload)}
+    with pytest.raises(wire.WireError, match="server"):
+        wire.decode(fields)

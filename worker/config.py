@@ -28,6 +28,10 @@ class Config:
         shutdown_timeout: seconds in-flight connections get to finish on SIGTERM.
         reclaim_idle: seconds after which a connection taken by a worker that
             never started it (it died) is taken over by another worker.
+        heartbeat_interval: seconds between this worker's liveness beats.
+        heartbeat_timeout: seconds of silence after which a process counts as
+            gone: this worker's apps get a disconnect when their protocol
+            server has been silent that long.
         lifespan: ``auto`` (run it if the app supports it), ``on`` or ``off``.
         worker_id: this process's id in Redis (random when empty).
         app_dir: directory put first on ``sys.path`` before importing ``app``.
@@ -40,6 +44,8 @@ class Config:
     flow_window: int = 1 * MiB
     shutdown_timeout: float = 30.0
     reclaim_idle: float = 5.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
     lifespan: str = "auto"
     worker_id: str = ""
     app_dir: str = "."
@@ -47,8 +53,10 @@ class Config:
     def __post_init__(self) -> None:
         if ":" not in self.app:
             raise ConfigError(f"app must be 'module:attribute', not {self.app!r}")
-        for name in ("concurrency", "flow_window", "reclaim_idle"):
+        for name in ("concurrency", "flow_window", "reclaim_idle", "heartbeat_interval"):
             check_positive(name, getattr(self, name))
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
         if self.shutdown_timeout < 0:
             raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
         if self.lifespan not in ("auto", "on", "off"):

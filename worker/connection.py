@@ -206,6 +206,24 @@ class AppConnection:
             await self._credit.wait()
         self._in_flight += size
 
+    def peer_lost(self) -> None:
+        """The protocol server stopped beating: the client is as good as gone.
+
+        The app gets the disconnect a departed client would give it, and any
+        send waiting for credit that will never come is released.
+        """
+        if self._gone:
+            return
+        logger.warning("conn %s: protocol server gone; disconnecting the app", self.peer)
+        if self.kind == "http":
+            event: Message = {"type": "http.disconnect"}
+        else:
+            event = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        self._gone = True
+        self._credit.set()
+        self._credit = anyio.Event()
+        self._inbox_send.send_nowait(event)
+
     # ------------------------------------------------------------------
     # From the protocol server
 

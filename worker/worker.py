@@ -17,10 +17,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from redis.exceptions import RedisError
 
 from channels_lite import keys, relay, wire
-from channels_lite.exceptions import WireError
+from channels_lite.exceptions import BrokerError, WireError
 from channels_lite.layer import RedisStreamsChannelLayer
+from channels_lite.layer.heartbeat import Heartbeat
 from channels_lite.layer.queue import WorkQueue
 
 from .config import Config
@@ -39,6 +41,7 @@ class Worker:
         self.config = config
         self.worker_id = config.worker_id or secrets.token_hex(6)
         self.active = 0
+        self.connections: set[AppConnection] = set()
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
 
@@ -76,6 +79,18 @@ class Worker:
                     config.app,
                     config.concurrency,
                 )
+                heartbeat = Heartbeat(
+                    layer,
+                    "wk",
+                    self.worker_id,
+                    interval=config.heartbeat_interval,
+                    timeout=config.heartbeat_timeout,
+                    info=lambda: {"active": self.active, "concurrency": config.concurrency},
+                )
+                # Both live in the connections' group: they keep running while
+                # in-flight connections drain, and stop with them.
+                await connections.start(heartbeat.run)
+                connections.start_soon(self._watch_servers, heartbeat)
                 task_status.started()
                 await self._pull(queue, layer, app, state, connections)
                 await self._drain(connections)
@@ -83,6 +98,24 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await layer.close()
                 await self.app_layer.close()
+
+    async def _watch_servers(self, heartbeat: Heartbeat) -> None:
+        """Give a disconnect to every app whose protocol server stopped beating."""
+        while True:
+            await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
+            servers = {c.connect.server for c in self.connections if c.connect.server}
+            if not servers:
+                continue
+            try:
+                alive = await heartbeat.alive("ps", servers)  # one round trip
+            except (BrokerError, RedisError, OSError) as exc:
+                # Redis itself is unreachable: that says nothing about the
+                # protocol servers, so no connection is judged on it.
+                logger.debug("cannot check protocol servers: %s", exc)
+                continue
+            for connection in list(self.connections):
+                if connection.connect.server and connection.connect.server not in alive:
+                    connection.peer_lost()
 
     def stop(self) -> None:
         """Take no new connection; let in-flight ones finish (``shutdown_timeout``)."""
@@ -138,12 +171,14 @@ class Worker:
                 connections.start_soon(self._run, connection)
 
     async def _run(self, connection: AppConnection) -> None:
+        self.connections.add(connection)
         try:
             await connection.run()
         except Exception:
             # Relay failures (Redis gone mid-connection): log and go on serving.
             logger.exception("conn %s: relay failed", connection.peer)
         finally:
+            self.connections.discard(connection)
             self.active -= 1
             self._slot_freed.set()
             self._slot_freed = anyio.Event()
