@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from channels_lite.config import DEFAULT_REDIS_URL, check_positive, parse_bind
 from channels_lite.exceptions import ConfigError
@@ -42,6 +46,36 @@ class Config:
     server_id: str = ""
     host: str = field(init=False, repr=False)
     port: int = field(init=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Settings from ``CHANNELS_LITE_*`` variables, named as the CLI's options.
+
+        ``--flow-window`` is ``CHANNELS_LITE_FLOW_WINDOW``, and so on for every
+        field (``REDIS_URL`` too, as the CLI accepts it); unset ones keep
+        their defaults. For an ASGI server other than ours that imports the
+        gateway (``protocol_server.asgi``), where there is no command line.
+
+        Raises:
+            ConfigError: a value of the wrong type, or one ``Config`` refuses.
+        """
+        env = os.environ if environ is None else environ
+        params: dict[str, Any] = {}
+        for fld in dataclasses.fields(cls):
+            if not fld.init:
+                continue
+            name = f"CHANNELS_LITE_{fld.name.upper()}"
+            raw = env.get(name)
+            if not raw and fld.name == "redis_url":
+                name, raw = "REDIS_URL", env.get("REDIS_URL")
+            if not raw:
+                continue
+            kind: type[Any] = type(fld.default)  # every field has a str/int/float default
+            try:
+                params[fld.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be {kind.__name__}, not {raw!r}") from None
+        return cls(**params)
 
     def __post_init__(self) -> None:
         host, port = parse_bind(self.bind)

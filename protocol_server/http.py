@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
+_TRAILERS = "http.response.trailers"
+
 
 async def handle_http(ctx: ServerContext, scope: Message, receive: Any, send: Any) -> None:
     """Serve one HTTP request through a worker."""
@@ -110,13 +112,21 @@ class HttpBridge(Bridge):
         self._relay_scope.cancel()
 
     async def _pump_response(self) -> None:
-        trailers = False
+        trailers = False  # the app announced trailers: the response ends with them
+        # An app may announce trailers that this server did not advertise
+        # (uvicorn never does; hypercorn only for HTTP/2). Passed on, the
+        # announcement would leave hypercorn waiting for trailers it then
+        # refuses (the response never ends), and uvicorn would fail on them.
+        # So the server sees neither; the client gets the response without.
+        advertised = _TRAILERS in (self.scope.get("extensions") or {})
         while True:
             message = await self.next_from_worker()
             kind = message["type"]
             if kind == "http.response.start":
                 self.response_started = True
                 trailers = bool(message.get("trailers", False))
+                if trailers and not advertised:
+                    message = {key: value for key, value in message.items() if key != "trailers"}
                 await self.send(message)
             elif kind == "http.response.body":
                 await self.send(message)
@@ -125,7 +135,8 @@ class HttpBridge(Bridge):
                 if not more and not trailers:
                     return
             elif kind == "http.response.trailers":
-                await self.send(message)
+                if advertised:
+                    await self.send(message)
                 if not message.get("more_trailers", False):
                     return
             else:

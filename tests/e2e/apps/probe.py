@@ -14,6 +14,10 @@ HTTP (the path decides):
   ``http.disconnect`` and records when it came (``disconnect-ID.json``).
 * ``/early``: starts the response (200), then reads the body and ends the
   response with its size.
+* ``/trailers``: when the server advertises ``http.response.trailers`` (or
+  with ``?force=1``), a response announcing trailers: two body chunks, then
+  ``x-checksum`` (their sha256) and ``x-chunks`` as trailers. Without the
+  extension and ``force``, the same body and no trailers.
 * ``/firehose?id=ID&mib=N``: streams N MiB in 64 KiB sends without ever
   calling ``receive``, then records when it finished (``firehose-ID.json``).
 * anything else: a JSON description of the request (scope fields, body size
@@ -28,7 +32,8 @@ WebSocket:
 * anything else: accepts with ``chat.v2`` if offered (else the first offered
   subprotocol) and an ``x-accepted-by`` header; echoes every message; the text
   ``close CODE REASON`` makes it close with that code and reason, ``send N``
-  makes it send N bytes (``s`` repeated). With
+  makes it send N bytes (``s`` repeated), ``extensions`` makes it send the
+  scope's extension names (JSON list). With
   ``?id=ID`` it records the ``websocket.disconnect`` it receives
   (``ws-ID.json``).
 """
@@ -99,6 +104,8 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await firehose(scope, send)
     elif path == "/early":
         await early(receive, send)
+    elif path == "/trailers":
+        await trailers(scope, send)
     else:
         await describe(scope, receive, send)
 
@@ -203,6 +210,32 @@ async def early(receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": str(body[0]).encode()})
 
 
+async def trailers(scope: dict[str, Any], send: Any) -> None:
+    chunks = [b"first chunk\n", b"second chunk\n"]
+    advertised = "http.response.trailers" in (scope.get("extensions") or {})
+    announce = advertised or _query(scope).get("force") == "1"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"trailer", b"x-checksum, x-chunks")],
+            "trailers": announce,
+        }
+    )
+    for index, chunk in enumerate(chunks):
+        more = index < len(chunks) - 1
+        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+    if announce:
+        digest = hashlib.sha256(b"".join(chunks)).hexdigest().encode()
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"x-checksum", digest), (b"x-chunks", str(len(chunks)).encode())],
+                "more_trailers": False,
+            }
+        )
+
+
 async def firehose(scope: dict[str, Any], send: Any) -> None:
     query = _query(scope)
     chunk = b"f" * 65536
@@ -286,6 +319,10 @@ async def websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 _, code, reason = text.split(" ", 2)
                 await send({"type": "websocket.close", "code": int(code), "reason": reason})
                 continue  # the disconnect that follows is recorded above
+            if text == "extensions":
+                names = sorted((scope.get("extensions") or {}).keys())
+                await send({"type": "websocket.send", "text": json.dumps(names)})
+                continue
             if text.startswith("send "):
                 await send({"type": "websocket.send", "bytes": b"s" * int(text.split()[1])})
                 continue
