@@ -8,7 +8,7 @@ ways with credit-based flow control (see :mod:`channels_lite.relay`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -40,6 +40,17 @@ class ServerContext:
     layer: RedisStreamsChannelLayer
     queue: WorkQueue
     server_id: str
+    #: Live bridges by the id of the worker running them, for the liveness watch.
+    by_worker: dict[str, set[Bridge]] = field(default_factory=dict)
+
+    def worker_lost(self, worker_id: str) -> None:
+        """Fail every connection of a worker that stopped beating."""
+        for bridge in list(self.by_worker.pop(worker_id, ())):
+            bridge.worker_lost()
+
+
+class WorkerLost(Exception):
+    """The worker running (or about to run) a connection is gone."""
 
 
 class Bridge:
@@ -50,7 +61,11 @@ class Bridge:
         self.scope = scope
         self.layer = ctx.layer
         self.channel = ""
-        self.worker = ""
+        self.worker = ""  # the worker's channel for this connection
+        self.worker_id = ""  # the worker process, whose heartbeat is watched
+        self.lost = False  # the worker died mid-connection
+        # Cancelled when the worker is lost; subclasses relay inside it.
+        self.relay_scope = anyio.CancelScope()
         # Body bytes sent to the worker that it has not yet consumed.
         self.in_flight = 0
         self._credit = anyio.Event()
@@ -70,25 +85,30 @@ class Bridge:
             reply_to=self.channel,
             scope=relay.portable_scope(self.scope),
             events=first_events,
+            server=self.ctx.server_id,
         )
         fields = wire.encode(connect, max_size=self.layer.max_message_size)
         entry_id = await self.ctx.queue.offer(fields)  # one round trip
-        deadline = anyio.current_time() + self.ctx.config.queue_timeout
-        while True:
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                # Cancellation point: the layer keeps anything popped for us.
-                return await self._wait_claim()
-            if await self.ctx.queue.cancel(entry_id):
-                return None
-            # A worker holds the entry: its claim is on the way. Give it one
-            # more queue_timeout (its death is covered by reclaim), then give up.
-            deadline = anyio.current_time() + self.ctx.config.queue_timeout
+        with anyio.move_on_after(self.ctx.config.queue_timeout):
+            # Cancellation point: the layer keeps anything popped for us.
+            return await self._wait_claim()
+        if await self.ctx.queue.cancel(entry_id):
+            return None
+        # A worker holds the entry: its claim is on the way, or the worker
+        # died and another will reclaim it. One more queue_timeout, no more.
+        with anyio.move_on_after(self.ctx.config.queue_timeout):
+            return await self._wait_claim()
+        raise WorkerLost(f"conn {self.channel}: taken by a worker that never answered")
 
     async def _wait_claim(self) -> str:
         while True:
             message = await self.layer.receive(self.channel)
             if message["type"] == relay.CLAIM and isinstance(message.get("channel"), str):
                 self.worker = message["channel"]
+                worker_id = message.get("worker")
+                if isinstance(worker_id, str) and worker_id:
+                    self.worker_id = worker_id
+                    self.ctx.by_worker.setdefault(worker_id, set()).add(self)
                 return self.worker
             logger.warning("conn %s: %r before any claim; ignored", self.channel, message["type"])
 
@@ -134,6 +154,18 @@ class Bridge:
             amount, self._written = self._written, 0
             await self.layer.send(self.worker, {"type": relay.CREDIT, "bytes": amount})
 
+    def worker_lost(self) -> None:
+        """The worker stopped beating: stop relaying; ``run`` answers 502 or 1011."""
+        logger.warning("conn %s: worker %s gone", self.channel, self.worker_id)
+        self.lost = True
+        self.relay_scope.cancel()
+
     def close(self) -> None:
+        if self.worker_id:
+            bridges = self.ctx.by_worker.get(self.worker_id)
+            if bridges is not None:
+                bridges.discard(self)
+                if not bridges:
+                    del self.ctx.by_worker[self.worker_id]
         if self.channel:
             self.layer.forget_channel(self.channel)

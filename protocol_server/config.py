@@ -28,6 +28,10 @@ class Config:
         flow_window: body bytes in flight per connection and direction before
             the sender waits for the receiver to consume them.
         shutdown_timeout: seconds in-flight requests get to finish on SIGTERM.
+        heartbeat_interval: seconds between this server's liveness beats.
+        heartbeat_timeout: seconds of silence after which a process counts as
+            gone: a connection whose worker has been silent that long gets 502
+            (response not started) or close 1011.
         http: uvicorn's HTTP implementation (``httptools`` or ``h11``).
         ws: uvicorn's WebSocket implementation (``websockets``, ``wsproto``, ...).
         server_id: this process's id in Redis (random when empty).
@@ -41,6 +45,8 @@ class Config:
     ws_max_size: int = 1 * MiB
     flow_window: int = 1 * MiB
     shutdown_timeout: float = 30.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
     http: str = "httptools"
     ws: str = "websockets-sansio"
     server_id: str = ""
@@ -81,7 +87,15 @@ class Config:
         host, port = parse_bind(self.bind)
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "port", port)
-        for name in ("queue_timeout", "max_body_size", "ws_max_size", "flow_window"):
+        for name in (
+            "queue_timeout",
+            "max_body_size",
+            "ws_max_size",
+            "flow_window",
+            "heartbeat_interval",
+        ):
             check_positive(name, getattr(self, name))
         if self.shutdown_timeout < 0:
             raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")

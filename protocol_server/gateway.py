@@ -13,8 +13,11 @@ import secrets
 from typing import Any
 
 import anyio
+from redis.exceptions import RedisError
 
 from channels_lite import keys, relay
+from channels_lite.exceptions import BrokerError
+from channels_lite.layer.heartbeat import Heartbeat
 from channels_lite.layer.queue import WorkQueue
 
 from .bridge import ServerContext
@@ -70,17 +73,49 @@ class Gateway:
             raise RuntimeError(f"unsupported scope type {kind!r}")
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            await self.startup()
+        except Exception as exc:
+            logger.exception("gateway start-up failed")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        assert self._ctx is not None
+        ctx = self._ctx
+        heartbeat = Heartbeat(
+            ctx.layer,
+            "ps",
+            self.server_id,
+            interval=self.config.heartbeat_interval,
+            timeout=self.config.heartbeat_timeout,
+            info=lambda: {"connections": sum(len(b) for b in ctx.by_worker.values())},
+        )
+        # The lifespan task lives as long as the server: it carries the
+        # heartbeat and the watch on workers, whichever server hosts us.
+        async with anyio.create_task_group() as tg:
+            await tg.start(heartbeat.run)
+            tg.start_soon(self._watch_workers, ctx, heartbeat)
+            await send({"type": "lifespan.startup.complete"})
+            while (await receive())["type"] != "lifespan.shutdown":
+                pass
+            tg.cancel_scope.cancel()
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _watch_workers(self, ctx: ServerContext, heartbeat: Heartbeat) -> None:
+        """Fail the connections of workers that stopped beating (502 or 1011)."""
         while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:
-                    logger.exception("gateway start-up failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
+            if not ctx.by_worker:
+                continue
+            try:
+                alive = await heartbeat.alive("wk", ctx.by_worker)  # one round trip
+            except (BrokerError, RedisError, OSError) as exc:
+                # Redis unreachable says nothing about the workers themselves.
+                logger.debug("cannot check workers: %s", exc)
+                continue
+            for worker_id in [w for w in ctx.by_worker if w not in alive]:
+                logger.warning("worker %s stopped beating; failing its connections", worker_id)
+                ctx.worker_lost(worker_id)

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from .bridge import Bridge, ResponseAborted, ServerContext
+from .bridge import Bridge, ResponseAborted, ServerContext, WorkerLost
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ class HttpBridge(Bridge):
         self.send = send
         self.body_seen = 0
         self.response_started = False
-        self._relay_scope = anyio.CancelScope()
 
     async def run(self) -> None:
         limit = self.ctx.config.max_body_size
@@ -51,19 +50,29 @@ class HttpBridge(Bridge):
             await self._error(413, b"Request body too large\n")
             return
         try:
-            worker = await self.offer((first,))
+            try:
+                worker = await self.offer((first,))
+            except WorkerLost:
+                self.lost = True
+                worker = ""
             if worker is None:
                 await self._error(503, b"No worker available\n")
                 return
             self.in_flight = self.body_seen
             async with anyio.create_task_group() as tg:
-                self._relay_scope = tg.cancel_scope
+                self.relay_scope = tg.cancel_scope
+                if self.lost:
+                    tg.cancel_scope.cancel()
                 if first.get("more_body", False):
                     tg.start_soon(self._pump_request)
                 else:
                     tg.start_soon(self._watch_disconnect)
                 await self._pump_response()
                 tg.cancel_scope.cancel()
+            if self.lost:
+                if self.response_started:
+                    raise ResponseAborted(f"conn {self.channel}: the worker died mid-response")
+                await self._error(502, b"Bad Gateway: the worker went away\n")
         finally:
             self.close()
 
@@ -84,7 +93,7 @@ class HttpBridge(Bridge):
                     # will not finish its response: cut the connection.
                     raise ResponseAborted(f"conn {self.channel}: request body over the limit")
                 await self._error(413, b"Request body too large\n")
-                self._relay_scope.cancel()  # whatever the app answers now is moot
+                self.relay_scope.cancel()  # whatever the app answers now is moot
                 return
             await self.to_worker(
                 {
@@ -109,7 +118,7 @@ class HttpBridge(Bridge):
         # now, and the app may well never send one. Not subject to the body
         # window: a disconnect must get through even when the app reads nothing.
         await self.layer.send(self.worker, {"type": "http.disconnect"})
-        self._relay_scope.cancel()
+        self.relay_scope.cancel()
 
     async def _pump_response(self) -> None:
         trailers = False  # the app announced trailers: the response ends with them

@@ -16,7 +16,7 @@ import anyio
 
 from channels_lite.relay import Joiner, payload_size, split_message
 
-from .bridge import Bridge, ServerContext
+from .bridge import Bridge, ServerContext, WorkerLost
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class WebSocketBridge(Bridge):
         super().__init__(ctx, scope)
         self.receive = receive
         self.send = send
+        self.accepted = False
         self._joiner = Joiner()  # parts of a large message from the app
 
     async def run(self) -> None:
@@ -42,14 +43,26 @@ class WebSocketBridge(Bridge):
         if connect["type"] != "websocket.connect":
             return
         try:
-            worker = await self.offer((connect,))
+            try:
+                worker = await self.offer((connect,))
+            except WorkerLost:
+                self.lost = True
+                worker = ""
             if worker is None:
-                await self._deny_unavailable()
+                await self._deny(503, b"No worker available\n")
                 return
             async with anyio.create_task_group() as tg:
+                self.relay_scope = tg.cancel_scope
+                if self.lost:
+                    tg.cancel_scope.cancel()
                 tg.start_soon(self._pump_client, tg.cancel_scope)
                 await self._pump_worker()
                 tg.cancel_scope.cancel()
+            if self.lost:
+                if self.accepted:
+                    await self.send({"type": "websocket.close", "code": 1011})
+                else:
+                    await self._deny(502, b"Bad Gateway: the worker went away\n")
         finally:
             self.close()
 
@@ -81,6 +94,7 @@ class WebSocketBridge(Bridge):
             message = await self.next_from_worker()
             kind = message["type"]
             if kind in ("websocket.accept", "websocket.http.response.start"):
+                self.accepted = kind == "websocket.accept"
                 await self.send(message)
             elif kind == "websocket.send":
                 size = payload_size(message)
@@ -116,13 +130,12 @@ class WebSocketBridge(Bridge):
             self.worker, {"type": "websocket.disconnect", "code": 1009, "reason": ""}
         )
 
-    async def _deny_unavailable(self) -> None:
+    async def _deny(self, status: int, body: bytes) -> None:
         if _DENIAL in (self.scope.get("extensions") or {}):
-            body = b"No worker available\n"
             await self.send(
                 {
                     "type": "websocket.http.response.start",
-                    "status": 503,
+                    "status": status,
                     "headers": [
                         (b"content-type", b"text/plain; charset=utf-8"),
                         (b"content-length", str(len(body)).encode()),

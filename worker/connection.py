@@ -40,6 +40,7 @@ class AppConnection:
         *,
         flow_window: int,
         app_layer: BaseChannelLayer | None = None,
+        worker_id: str = "",
     ) -> None:
         self.layer = layer
         self.app = app
@@ -47,6 +48,7 @@ class AppConnection:
         self.state = state
         self.window = flow_window
         self.app_layer = app_layer
+        self.worker_id = worker_id
         self.kind = str(connect.scope.get("type"))
         self.channel = ""
         self.peer = connect.reply_to
@@ -68,7 +70,9 @@ class AppConnection:
         self.channel = await self.layer.new_channel(relay.WORKER_CHANNEL_PREFIX)
         # The first message on the protocol server's channel names ours; the
         # app's events follow it on the same stream, so they cannot overtake.
-        await self.layer.send(self.peer, {"type": relay.CLAIM, "channel": self.channel})
+        await self.layer.send(
+            self.peer, {"type": relay.CLAIM, "channel": self.channel, "worker": self.worker_id}
+        )
         scope = dict(self.connect.scope)
         scope["state"] = dict(self.state)
         app_channel = ""

@@ -167,6 +167,7 @@ class Worker:
                     state,
                     flow_window=config.flow_window,
                     app_layer=self.app_layer,
+                    worker_id=self.worker_id,
                 )
                 connections.start_soon(self._run, connection)
 
