@@ -139,9 +139,11 @@ class HttpBridge(Bridge):
                 await self.send(message)
             elif kind == "http.response.body":
                 await self.send(message)
-                more = bool(message.get("more_body", False))
-                await self.credit_worker(len(message.get("body", b"")), final=not more)
-                if not more and not trailers:
+                if message.get("more_body", False):
+                    await self.credit_worker(len(message.get("body", b"")))
+                elif not trailers:
+                    # The last chunk: the worker sends no more body, so it
+                    # needs no credit (a round trip saved per response).
                     return
             elif kind == "http.response.trailers":
                 if advertised:

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from channels_lite import relay, wire
 from channels_lite.layer import BaseChannelLayer, RedisStreamsChannelLayer
@@ -64,15 +65,16 @@ class AppConnection:
         self._gone = False  # the client left (the protocol server said so)
         self._closed: Message | None = None  # the disconnect after the app's own close
         self._joiner = relay.Joiner()  # parts of a large WebSocket message
+        self._outbox: list[Message] = []  # posted, not yet sent to the protocol server
+        self._posted = anyio.Event()
+        self._flush_lock = anyio.Lock()
 
     async def run(self) -> None:
         """Claim the connection and run the app to completion. Never raises app errors."""
         self.channel = await self.layer.new_channel(relay.WORKER_CHANNEL_PREFIX)
         # The first message on the protocol server's channel names ours; the
         # app's events follow it on the same stream, so they cannot overtake.
-        await self.layer.send(
-            self.peer, {"type": relay.CLAIM, "channel": self.channel, "worker": self.worker_id}
-        )
+        self._post({"type": relay.CLAIM, "channel": self.channel, "worker": self.worker_id})
         scope = dict(self.connect.scope)
         scope["state"] = dict(self.state)
         app_channel = ""
@@ -86,6 +88,7 @@ class AppConnection:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump_inbox, tg.cancel_scope)
+                tg.start_soon(self._flusher)
                 try:
                     await self.app(scope, self.receive, self.send)
                 except ClientDisconnected:
@@ -98,6 +101,8 @@ class AppConnection:
                     await self._after_failure()
                 else:
                     await self._after_return()
+                if not self._gone:
+                    await self._flush()  # nothing posted is left behind
                 tg.cancel_scope.cancel()
         finally:
             self.layer.forget_channel(self.channel)
@@ -132,6 +137,10 @@ class AppConnection:
         if self._consumed and self._inbox.statistics().current_buffer_used == 0:
             # The app waits for more: credit what it read so the sender can go on.
             await self._send_credit()
+        if self._outbox and self._inbox.statistics().current_buffer_used == 0:
+            # About to wait for the client: what the app posted must go first
+            # (the protocol server needs our claim to send us anything).
+            await self._flush()
         # Cancellation point: nothing is taken from the inbox unless returned.
         message = await self._inbox.receive()
         return self._consume(message)
@@ -146,7 +155,7 @@ class AppConnection:
 
     async def _send_credit(self) -> None:
         amount, self._consumed = self._consumed, 0
-        await self.layer.send(self.peer, {"type": relay.CREDIT, "bytes": amount})
+        await self._emit({"type": relay.CREDIT, "bytes": amount})
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")
@@ -162,9 +171,13 @@ class AppConnection:
         if kind == "http.response.start":
             self._started = True
             self._trailers = bool(message.get("trailers", False))
-        elif kind == "websocket.accept":
+            self._post(message)  # goes out with the first body chunk (or soon)
+            return
+        if kind == "websocket.accept":
             self._started = True
-        elif kind == "websocket.close":
+            self._post(message)  # goes out with what follows (or soon)
+            return
+        if kind == "websocket.close":
             self._complete = True
             code = message.get("code", 1000) if self._started else 1006
             reason = (message.get("reason") or "") if self._started else ""
@@ -176,13 +189,13 @@ class AppConnection:
                 await self._wait_credit(relay.payload_size(part))
                 if self._gone:
                     raise ClientDisconnected("the WebSocket client has disconnected")
-                await self.layer.send(self.peer, part)
+                await self._emit(part)
             return
         elif kind == "websocket.http.response.body":
             self._complete = not message.get("more_body", False)
             if self._complete:
                 self._closed = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
-        await self.layer.send(self.peer, message)
+        await self._emit(message)
 
     async def _send_body(self, message: Message) -> None:
         body = message.get("body", b"")
@@ -200,7 +213,7 @@ class AppConnection:
             if self._gone:
                 return  # the client left while we waited: the rest is moot
             event = {"type": "http.response.body", "body": chunk, "more_body": more or not last}
-            await self.layer.send(self.peer, event)
+            await self._emit(event)
         if not more:
             self._complete = not self._trailers
 
@@ -209,6 +222,42 @@ class AppConnection:
             # Cancellation point: waiting for the protocol server to write.
             await self._credit.wait()
         self._in_flight += size
+
+    # ------------------------------------------------------------------
+    # The outbox: what goes to the protocol server, in order, batched
+
+    def _post(self, message: Message) -> None:
+        """Queue a message; it leaves with the next flush (at the latest one
+        event-loop turn later, see :meth:`_flusher`)."""
+        self._outbox.append(message)
+        self._posted.set()
+
+    async def _emit(self, message: Message) -> None:
+        """Queue a message and send everything queued, in one broker call."""
+        self._post(message)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        # Serialized: two overlapping broker calls could land out of order.
+        async with self._flush_lock:
+            if not self._outbox:
+                return
+            batch, self._outbox = self._outbox, []
+            self._posted = anyio.Event()
+            await self.layer.send_many([(self.peer, message) for message in batch])
+
+    async def _flusher(self) -> None:
+        """Send what was posted and not flushed by the app's next send.
+
+        A claim, a response start or an accept waits one loop turn for
+        company (the body that usually follows at once), so a simple response
+        crosses Redis as one call; an app that then awaits something else
+        still has them sent straight away.
+        """
+        while True:
+            await self._posted.wait()
+            await anyio.lowlevel.checkpoint()  # one turn: let the app add to the batch
+            await self._flush()
 
     def peer_lost(self) -> None:
         """The protocol server stopped beating: the client is as good as gone.
@@ -269,12 +318,10 @@ class AppConnection:
         elif self.kind == "websocket":
             # Accepted: 1011 (internal error). Not accepted and no denial
             # extension: a close before accept, which the server turns into 403.
-            await self.layer.send(
-                self.peer, {"type": "websocket.close", "code": 1011, "reason": ""}
-            )
+            await self._emit({"type": "websocket.close", "code": 1011, "reason": ""})
         else:
             # The response started: all we can do is cut it short.
-            await self.layer.send(self.peer, {"type": relay.ABORT})
+            await self._emit({"type": relay.ABORT})
         self._complete = True
 
     async def _after_return(self) -> None:
@@ -286,12 +333,10 @@ class AppConnection:
                 await self._send_error("http.response", 500)
             else:
                 logger.error("conn %s: app returned before completing the response", self.peer)
-                await self.layer.send(self.peer, {"type": relay.ABORT})
+                await self._emit({"type": relay.ABORT})
         elif self.kind == "websocket":
             # Returning closes the socket: normally if accepted, else 403.
-            await self.layer.send(
-                self.peer, {"type": "websocket.close", "code": 1000, "reason": ""}
-            )
+            await self._emit({"type": "websocket.close", "code": 1000, "reason": ""})
         self._complete = True
 
     @property
@@ -300,8 +345,7 @@ class AppConnection:
 
     async def _send_error(self, prefix: str, status: int) -> None:
         body = b"Internal Server Error\n"
-        await self.layer.send(
-            self.peer,
+        self._post(
             {
                 "type": f"{prefix}.start",
                 "status": status,
@@ -311,4 +355,4 @@ class AppConnection:
                 ],
             },
         )
-        await self.layer.send(self.peer, {"type": f"{prefix}.body", "body": body})
+        await self._emit({"type": f"{prefix}.body", "body": body})
