@@ -20,6 +20,7 @@ from . import __version__
 from ._cli_options import config_options
 from .exceptions import ChannelsLiteError, ConfigError
 from .logging import configure
+from .supervisor import RunConfig, watch_supervisor
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +48,7 @@ def _run(process: Any) -> None:
                         process.stop()
 
             tg.start_soon(on_signals)
+            tg.start_soon(watch_supervisor, process)
             await process.serve()
             tg.cancel_scope.cancel()
 
@@ -94,3 +96,19 @@ def worker_cmd(log_level: str, **params: Any) -> None:
     config = _config(WorkerConfig, params)
     configure(log_level)
     _run(Worker(config))
+
+
+@main.command("run")
+@click.argument("app", envvar="CHANNELS_LITE_APP")
+@config_options(RunConfig, skip=("app",))
+def run_cmd(**params: Any) -> None:
+    """Run APP as a whole local deployment: broker, protocol servers, workers.
+
+    Each runs as its own process; one that crashes is restarted. With no
+    Redis URL an embedded broker is started. Ctrl-C stops everything.
+    """
+    from .supervisor import Supervisor
+
+    config = _config(RunConfig, params)
+    configure(config.log_level)
+    _run(Supervisor(config))

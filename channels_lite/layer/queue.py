@@ -39,6 +39,19 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 """
 
+# KEYS[1]: stream. ARGV: group, consumer, count.
+# Ack the consumer's pending entries whose data is gone (deleted or trimmed).
+_ACK_DELETED = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], ARGV[2])
+local acked = 0
+for _, entry in ipairs(pending) do
+  if #redis.call('XRANGE', KEYS[1], entry[1], entry[1]) == 0 then
+    acked = acked + redis.call('XACK', KEYS[1], ARGV[1], entry[1])
+  end
+end
+return acked
+"""
+
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
@@ -123,6 +136,8 @@ class WorkQueue:
                 raise _broker_error(exc) from exc
             await self.ensure_group()
             return []
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
         return _entries(reply)
 
     async def ack(self, ids: Sequence[bytes]) -> None:
@@ -150,11 +165,20 @@ class WorkQueue:
         except RedisError as exc:
             raise _broker_error(exc) from exc
         claimed = [(eid, fields) for eid, fields in reply[1] if fields]
-        gone = [eid for eid, fields in reply[1] if not fields]
+        gone = [eid for eid, fields in reply[1] if eid is not None and not fields]
         if len(reply) > 2:
-            gone.extend(reply[2])
+            gone.extend(reply[2])  # Redis 7: the ids of deleted entries
         if gone:
             await self.ack(gone)
+        if any(eid is None for eid, _ in reply[1]):
+            # Redis 6.2 claims deleted entries as nil, without their ids:
+            # find them among this consumer's pending entries and ack them,
+            # or they would be claimed again and again.
+            try:
+                script = self._client().register_script(_ACK_DELETED)
+                await script(keys=[self.stream], args=[self.group, consumer, max(count, 1000)])
+            except RedisError as exc:
+                raise _broker_error(exc) from exc
         return claimed
 
     async def statistics(self) -> dict[str, int]:
