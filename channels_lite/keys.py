@@ -35,3 +35,17 @@ WORKERS_GROUP = "workers"
 def heartbeat(prefix: str, role: str, process_id: str) -> str:
     """Key a live process refreshes with a TTL; its absence means the process is gone."""
     return f"{prefix}:hb:{role}:{process_id}"
+
+
+def task_stream(prefix: str, channel: str) -> str:
+    """The stream of a background-task channel, read by the workers' group."""
+    return f"{prefix}:task:{channel}"
+
+
+#: Consumer group of the workers on every :func:`task_stream`.
+TASKS_GROUP = "tasks"
+
+
+def dead_letters(prefix: str) -> str:
+    """The stream of entries that could not be processed, with why."""
+    return f"{prefix}:dead"

@@ -43,8 +43,10 @@ __all__ = [
     "VERSION",
     "ChannelMessage",
     "Connect",
+    "DeadLetter",
     "Envelope",
     "Event",
+    "Task",
     "channel_message_fields",
     "check_size",
     "decode",
@@ -128,7 +130,40 @@ class Event:
     KIND = b"ev"
 
 
-Envelope: TypeAlias = ChannelMessage | Connect | Event
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A background task for the workers, on the stream of its task channel.
+
+    ``channel`` is the task channel's name (the stream it was enqueued on);
+    ``attempts`` counts the earlier runs that failed, so a retry is a new
+    entry with ``attempts + 1`` and a poison task ends in the dead letters.
+    """
+
+    channel: str
+    message: Message
+    attempts: int = 0
+
+    KIND = b"task"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry that could not be processed, kept with why, for inspection and replay.
+
+    ``stream`` and ``entry_id`` say where it was read; ``fields`` are its
+    original fields, byte for byte (even garbage), so a replay re-adds
+    exactly what was sent; ``error`` says what went wrong.
+    """
+
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    error: str
+
+    KIND = b"dead"
+
+
+Envelope: TypeAlias = ChannelMessage | Connect | Event | Task | DeadLetter
 
 
 # --------------------------------------------------------------------------
@@ -255,6 +290,25 @@ def encode(envelope: Envelope, *, max_size: int = DEFAULT_MAX_SIZE) -> dict[byte
             Event.KIND,
             pack({"conn": envelope.conn, "seq": envelope.seq, "event": envelope.event}),
         )
+    elif isinstance(envelope, Task):
+        _check_str(envelope.channel, "channel")
+        _check_seq(envelope.attempts, "attempts")
+        _check_message(envelope.message, "message")
+        task: dict[str, Any] = {"channel": envelope.channel, "message": envelope.message}
+        if envelope.attempts:
+            task["attempts"] = envelope.attempts
+        fields = _fields(Task.KIND, pack(task))
+    elif isinstance(envelope, DeadLetter):
+        _check_str(envelope.stream, "stream")
+        _check_str(envelope.entry_id, "entry_id")
+        _check_str(envelope.error, "error")
+        dead = {
+            "stream": envelope.stream,
+            "id": envelope.entry_id,
+            "fields": dict(envelope.fields),
+            "error": envelope.error,
+        }
+        fields = _fields(DeadLetter.KIND, pack(dead))
     else:
         raise WireError(f"not an envelope: {type(envelope).__name__}")
     check_size(fields, max_size)
@@ -304,6 +358,25 @@ def decode(fields: Mapping[bytes, bytes], *, max_size: int = DEFAULT_MAX_SIZE) -
             seq=_check_seq(payload.get("seq")),
             event=_expect_message(payload.get("event"), "event"),
         )
+    if kind == Task.KIND:
+        attempts = payload.get("attempts", 0)
+        return Task(
+            channel=_expect_str(payload, "channel"),
+            message=_expect_message(payload.get("message"), "message"),
+            attempts=_check_seq(attempts, "attempts"),
+        )
+    if kind == DeadLetter.KIND:
+        original = payload.get("fields")
+        if not isinstance(original, dict) or not all(
+            isinstance(k, bytes) and isinstance(v, bytes) for k, v in original.items()
+        ):
+            raise WireError("'fields' must be a map of bytes to bytes")
+        return DeadLetter(
+            stream=_expect_str(payload, "stream"),
+            entry_id=_expect_str(payload, "id"),
+            fields=original,
+            error=_expect_str(payload, "error"),
+        )
     raise WireError(f"unknown envelope kind {kind!r}")
 
 
@@ -348,9 +421,9 @@ def _check_str(value: object, what: str) -> None:
         raise WireError(f"{what!r} must be a string, not {type(value).__name__}")
 
 
-def _check_seq(seq: object) -> int:
+def _check_seq(seq: object, what: str = "seq") -> int:
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise WireError("'seq' must be a non-negative integer")
+        raise WireError(f"{what!r} must be a non-negative integer")
     return seq
 
 

@@ -661,3 +661,27 @@ def test_connect_server_id_must_be_text() -> None:
     fields = {b"v": b"1", b"k": b"conn", b"d": msgpack.packb(payload)}
     with pytest.raises(wire.WireError, match="server"):
         wire.decode(fields)
+
+
+def test_task_round_trips() -> None:
+    task = wire.Task(channel="thumbnails", message={"type": "thumb.make", "id": 7}, attempts=2)
+    assert wire.decode(wire.encode(task)) == task
+    fresh = wire.Task(channel="thumbnails", message={"type": "thumb.make"})
+    assert b"attempts" not in wire.encode(fresh)[b"d"]
+    assert wire.decode(wire.encode(fresh)).attempts == 0
+
+
+def test_task_attempts_must_be_a_count() -> None:
+    payload = {"channel": "c", "message": {"type": "t"}, "attempts": -1}
+    with pytest.raises(wire.WireError, match="attempts"):
+        wire.decode({b"v": b"1", b"k": b"task", b"d": msgpack.packb(payload)})
+
+
+def test_dead_letter_keeps_the_original_bytes() -> None:
+    dead = wire.DeadLetter(
+        stream="asgi:task:x", entry_id="1-0", fields={b"v": b"9", b"\xff": b"\x00"}, error="boom"
+    )
+    assert wire.decode(wire.encode(dead)) == dead
+    payload = {"stream": "s", "id": "1-0", "fields": {"v": "text"}, "error": "e"}
+    with pytest.raises(wire.WireError, match="fields"):
+        wire.decode({b"v": b"1", b"k": b"dead", b"d": msgpack.packb(payload)})
