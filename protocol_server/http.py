@@ -36,6 +36,7 @@ class HttpBridge(Bridge):
         self.send = send
         self.body_seen = 0
         self.response_started = False
+        self.response_complete = False
 
     async def run(self) -> None:
         limit = self.ctx.config.max_body_size
@@ -117,6 +118,10 @@ class HttpBridge(Bridge):
         # Tell the app, then stop relaying: no response can reach the client
         # now, and the app may well never send one. Not subject to the body
         # window: a disconnect must get through even when the app reads nothing.
+        if self.response_complete:
+            # uvicorn reports a disconnect as soon as the response is sent;
+            # the worker is done with the connection and needs no message.
+            return
         await self.layer.send(self.worker, {"type": "http.disconnect"})
         self.relay_scope.cancel()
 
@@ -138,17 +143,22 @@ class HttpBridge(Bridge):
                     message = {key: value for key, value in message.items() if key != "trailers"}
                 await self.send(message)
             elif kind == "http.response.body":
+                more = bool(message.get("more_body", False))
+                # Marked before sending: uvicorn reports the "disconnect" that
+                # follows a complete response while send() returns.
+                self.response_complete = not more and not trailers
                 await self.send(message)
-                if message.get("more_body", False):
+                if more:
                     await self.credit_worker(len(message.get("body", b"")))
                 elif not trailers:
                     # The last chunk: the worker sends no more body, so it
                     # needs no credit (a round trip saved per response).
                     return
             elif kind == "http.response.trailers":
+                self.response_complete = not message.get("more_trailers", False)
                 if advertised:
                     await self.send(message)
-                if not message.get("more_trailers", False):
+                if self.response_complete:
                     return
             else:
                 logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)

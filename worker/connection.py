@@ -10,12 +10,13 @@ bytes are unacknowledged. The app's exceptions stop here: logged, then a 500
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import Any
 
 import anyio
-import anyio.lowlevel
+import anyio.abc
 
 from channels_lite import relay, wire
 from channels_lite.layer import BaseChannelLayer, RedisStreamsChannelLayer
@@ -66,8 +67,10 @@ class AppConnection:
         self._closed: Message | None = None  # the disconnect after the app's own close
         self._joiner = relay.Joiner()  # parts of a large WebSocket message
         self._outbox: list[Message] = []  # posted, not yet sent to the protocol server
-        self._posted = anyio.Event()
-        self._flush_lock = anyio.Lock()
+        self._flush_lock = anyio.Lock(fast_acquire=True)
+        self._flush_scheduled = False
+        self._flushing = 0
+        self._tasks: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> None:
         """Claim the connection and run the app to completion. Never raises app errors."""
@@ -88,7 +91,7 @@ class AppConnection:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump_inbox, tg.cancel_scope)
-                tg.start_soon(self._flusher)
+                self._tasks = tg
                 try:
                     await self.app(scope, self.receive, self.send)
                 except ClientDisconnected:
@@ -227,10 +230,23 @@ class AppConnection:
     # The outbox: what goes to the protocol server, in order, batched
 
     def _post(self, message: Message) -> None:
-        """Queue a message; it leaves with the next flush (at the latest one
-        event-loop turn later, see :meth:`_flusher`)."""
+        """Queue a message; it leaves with the next flush.
+
+        A claim, a response start or an accept waits for company (the body
+        that usually follows at once), so a simple response crosses Redis as
+        one call. If the app does not send again before the event loop comes
+        round (it awaits something else), the queue is flushed then, from a
+        task of its own.
+        """
         self._outbox.append(message)
-        self._posted.set()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox and not self._flushing and self._tasks is not None:
+            self._tasks.start_soon(self._flush)
 
     async def _emit(self, message: Message) -> None:
         """Queue a message and send everything queued, in one broker call."""
@@ -238,26 +254,17 @@ class AppConnection:
         await self._flush()
 
     async def _flush(self) -> None:
-        # Serialized: two overlapping broker calls could land out of order.
-        async with self._flush_lock:
-            if not self._outbox:
-                return
-            batch, self._outbox = self._outbox, []
-            self._posted = anyio.Event()
-            await self.layer.send_many([(self.peer, message) for message in batch])
-
-    async def _flusher(self) -> None:
-        """Send what was posted and not flushed by the app's next send.
-
-        A claim, a response start or an accept waits one loop turn for
-        company (the body that usually follows at once), so a simple response
-        crosses Redis as one call; an app that then awaits something else
-        still has them sent straight away.
-        """
-        while True:
-            await self._posted.wait()
-            await anyio.lowlevel.checkpoint()  # one turn: let the app add to the batch
-            await self._flush()
+        self._flushing += 1
+        try:
+            # Serialized: two overlapping broker calls could land out of order.
+            # fast_acquire: no needless trip round the loop when uncontended.
+            async with self._flush_lock:
+                if not self._outbox:
+                    return
+                batch, self._outbox = self._outbox, []
+                await self.layer.send_many([(self.peer, message) for message in batch])
+        finally:
+            self._flushing -= 1
 
     def peer_lost(self) -> None:
         """The protocol server stopped beating: the client is as good as gone.
