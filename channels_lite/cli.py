@@ -18,6 +18,7 @@ from worker.config import Config as WorkerConfig
 
 from . import __version__
 from ._cli_options import config_options
+from ._cli_publish import dead_letters_cmd, enqueue_cmd, publish_cmd
 from .exceptions import ChannelsLiteError, ConfigError
 from .logging import configure
 from .supervisor import RunConfig, watch_supervisor
@@ -112,3 +113,8 @@ def run_cmd(**params: Any) -> None:
     config = _config(RunConfig, params)
     configure(config.log_level)
     _run(Supervisor(config))
+
+
+main.add_command(publish_cmd)
+main.add_command(enqueue_cmd)
+main.add_command(dead_letters_cmd)

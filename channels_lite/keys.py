@@ -49,3 +49,8 @@ TASKS_GROUP = "tasks"
 def dead_letters(prefix: str) -> str:
     """The stream of entries that could not be processed, with why."""
     return f"{prefix}:dead"
+
+
+def task_delayed(prefix: str) -> str:
+    """Sorted set of task retries waiting for their backoff, scored by due time (ms)."""
+    return f"{prefix}:task-delayed"
