@@ -2,7 +2,8 @@
 
 This package holds what every process shares: the wire codec, the channel
 layers, key naming and the exceptions, and the clients that other services
-publish with (``Publisher``, ``AsyncPublisher``).
+publish with (``Publisher``, ``AsyncPublisher``), and the registry of
+background-task handlers (``TaskRegistry``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .exceptions import (
     WireError,
 )
 from .layer import InMemoryChannelLayer, LayerStatistics, RedisStreamsChannelLayer
+from .tasks import TaskContext, TaskRegistry
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,8 @@ __all__ = [
     "Publisher",
     "PublisherConfig",
     "RedisStreamsChannelLayer",
+    "TaskContext",
+    "TaskRegistry",
     "WireError",
     "__version__",
 ]

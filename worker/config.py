@@ -9,6 +9,7 @@ from typing import Any
 
 from channels_lite.config import DEFAULT_REDIS_URL, check_positive
 from channels_lite.exceptions import ConfigError
+from channels_lite.tasks import TaskRegistry
 
 MiB = 1024 * 1024
 
@@ -35,6 +36,15 @@ class Config:
         lifespan: ``auto`` (run it if the app supports it), ``on`` or ``off``.
         worker_id: this process's id in Redis (random when empty).
         app_dir: directory put first on ``sys.path`` before importing ``app``.
+        tasks: a task registry as ``module:attribute``
+            (``channels_lite.tasks.TaskRegistry``); the worker consumes the
+            task channels it declares. Empty: no background tasks.
+        task_concurrency: tasks this worker runs at once, apart from its
+            connections; it takes no new task while full.
+        task_max_attempts: runs a task gets before it goes to the dead letters.
+        task_retry_backoff: seconds before the first retry of a failed task;
+            each later retry waits twice as long as the one before.
+        task_retry_backoff_max: the longest wait before a retry, seconds.
     """
 
     app: str
@@ -49,12 +59,29 @@ class Config:
     lifespan: str = "auto"
     worker_id: str = ""
     app_dir: str = "."
+    tasks: str = ""
+    task_concurrency: int = 10
+    task_max_attempts: int = 5
+    task_retry_backoff: float = 1.0
+    task_retry_backoff_max: float = 60.0
 
     def __post_init__(self) -> None:
         if ":" not in self.app:
             raise ConfigError(f"app must be 'module:attribute', not {self.app!r}")
-        for name in ("concurrency", "flow_window", "reclaim_idle", "heartbeat_interval"):
+        for name in (
+            "concurrency",
+            "flow_window",
+            "reclaim_idle",
+            "heartbeat_interval",
+            "task_concurrency",
+            "task_max_attempts",
+            "task_retry_backoff_max",
+        ):
             check_positive(name, getattr(self, name))
+        if self.tasks and ":" not in self.tasks:
+            raise ConfigError(f"tasks must be 'module:attribute', not {self.tasks!r}")
+        if self.task_retry_backoff < 0:
+            raise ConfigError(f"task_retry_backoff must be >= 0, not {self.task_retry_backoff!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
         if self.shutdown_timeout < 0:
@@ -68,7 +95,27 @@ class Config:
         Raises:
             ConfigError: the module or attribute does not exist, or is not callable.
         """
-        module_name, _, attrs = self.app.partition(":")
+        obj = self._import(self.app)
+        if not callable(obj):
+            raise ConfigError(f"{self.app!r} is not callable")
+        return obj
+
+    def load_tasks(self) -> TaskRegistry | None:
+        """Import and return the task registry (``None`` when ``tasks`` is empty).
+
+        Raises:
+            ConfigError: the module or attribute does not exist, or is not a
+                ``TaskRegistry``.
+        """
+        if not self.tasks:
+            return None
+        obj = self._import(self.tasks)
+        if not isinstance(obj, TaskRegistry):
+            raise ConfigError(f"{self.tasks!r} is not a channels_lite.tasks.TaskRegistry")
+        return obj
+
+    def _import(self, spec: str) -> Any:
+        module_name, _, attrs = spec.partition(":")
         if self.app_dir and self.app_dir not in sys.path:
             sys.path.insert(0, self.app_dir)
         try:
@@ -84,6 +131,4 @@ class Config:
                 raise ConfigError(
                     f"attribute {attrs!r} not found in module {module_name!r}"
                 ) from None
-        if not callable(obj):
-            raise ConfigError(f"{self.app!r} is not callable")
         return obj

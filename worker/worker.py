@@ -7,6 +7,9 @@ connection is acked before its app starts: from then on it is never handed to
 another worker (a request that started is never run twice). A connection that
 a dead worker took but never started stays pending and is reclaimed by a live
 worker after ``reclaim_idle``.
+
+With ``--tasks`` the same process also consumes background-task channels
+(``worker/tasks.py``), with its own concurrency, inside the same task group.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from channels_lite.layer.queue import WorkQueue
 from .config import Config
 from .connection import AppConnection
 from .lifespan import lifespan
+from .tasks import TaskRunner
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class Worker:
         self.connections: set[AppConnection] = set()
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
+        self.tasks: TaskRunner | None = None
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -59,6 +64,10 @@ class Worker:
         """
         config = self.config
         app = config.load_app()
+        registry = config.load_tasks()
+        if registry is not None and not len(registry):
+            logger.warning("task registry %s declares no task channel", config.tasks)
+            registry = None
         layer: RedisStreamsChannelLayer = relay.make_layer(
             config.redis_url, config.prefix, max_message_size=relay.CHUNK_SIZE + 64 * 1024
         )
@@ -85,12 +94,22 @@ class Worker:
                     self.worker_id,
                     interval=config.heartbeat_interval,
                     timeout=config.heartbeat_timeout,
-                    info=lambda: {"active": self.active, "concurrency": config.concurrency},
+                    info=self._info,
                 )
-                # Both live in the connections' group: they keep running while
+                # All live in the connections' group: they keep running while
                 # in-flight connections drain, and stop with them.
                 await connections.start(heartbeat.run)
                 connections.start_soon(self._watch_servers, heartbeat)
+                if registry is not None:
+                    self.tasks = TaskRunner(
+                        config,
+                        registry,
+                        layer,
+                        self.app_layer,
+                        worker_id=self.worker_id,
+                        stopping=self._stopping,
+                    )
+                    await connections.start(self.tasks.serve, state)
                 task_status.started()
                 await self._pull(queue, layer, app, state, connections)
                 await self._drain(connections)
@@ -98,6 +117,13 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await layer.close()
                 await self.app_layer.close()
+
+    def _info(self) -> dict[str, Any]:
+        """Live counters for the heartbeat (``channels-lite status``)."""
+        info: dict[str, Any] = {"active": self.active, "concurrency": self.config.concurrency}
+        if self.tasks is not None:
+            info["tasks"] = self.tasks.statistics()
+        return info
 
     async def _watch_servers(self, heartbeat: Heartbeat) -> None:
         """Give a disconnect to every app whose protocol server stopped beating."""
@@ -118,7 +144,7 @@ class Worker:
                     connection.peer_lost()
 
     def stop(self) -> None:
-        """Take no new connection; let in-flight ones finish (``shutdown_timeout``)."""
+        """Take no new connection or task; let in-flight ones finish (``shutdown_timeout``)."""
         self._stopping.set()
 
     async def _pull(
@@ -190,6 +216,8 @@ class Worker:
         with anyio.move_on_after(self.config.shutdown_timeout):
             while self.active:
                 await self._slot_freed.wait()
+            if self.tasks is not None:
+                await self.tasks.done.wait()  # it drains its own tasks meanwhile
         if self.active:
             logger.warning("shutdown timeout: cancelling %d connection(s)", self.active)
         connections.cancel_scope.cancel()
