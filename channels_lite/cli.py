@@ -8,7 +8,8 @@ surface. Bad values exit 2 with one line, as click does for usage errors.
 from __future__ import annotations
 
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 import click
@@ -19,9 +20,12 @@ from worker.config import Config as WorkerConfig
 from . import __version__
 from ._cli_options import config_options
 from ._cli_publish import dead_letters_cmd, enqueue_cmd, publish_cmd
+from ._cli_status import status_cmd
 from .exceptions import ChannelsLiteError, ConfigError
-from .logging import configure
+from .logging import FORMATS, configure
 from .supervisor import RunConfig, watch_supervisor
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,28 +78,47 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _log_options(fn: F) -> F:
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(FORMATS),
+        default="text",
+        envvar="CHANNELS_LITE_LOG_FORMAT",
+        show_default=True,
+        show_envvar=True,
+        help="text, or json: one object per line for log shippers.",
+    )(fn)
+    return click.option(
+        "--log-level",
+        default="info",
+        envvar="CHANNELS_LITE_LOG_LEVEL",
+        show_default=True,
+        show_envvar=True,
+    )(fn)
+
+
 @main.command("protocol-server")
 @config_options(ServerConfig)
-@click.option("--log-level", default="info", envvar="CHANNELS_LITE_LOG_LEVEL", show_default=True)
-def protocol_server_cmd(log_level: str, **params: Any) -> None:
+@_log_options
+def protocol_server_cmd(log_level: str, log_format: str, **params: Any) -> None:
     """Terminate HTTP and WebSocket and relay connections to the workers."""
     from protocol_server.server import Server
 
     config = _config(ServerConfig, params)
-    configure(log_level)
+    configure(log_level, log_format)
     _run(Server(config))
 
 
 @main.command("worker")
 @click.argument("app", envvar="CHANNELS_LITE_APP")
 @config_options(WorkerConfig, skip=("app",))
-@click.option("--log-level", default="info", envvar="CHANNELS_LITE_LOG_LEVEL", show_default=True)
-def worker_cmd(log_level: str, **params: Any) -> None:
+@_log_options
+def worker_cmd(log_level: str, log_format: str, **params: Any) -> None:
     """Run the ASGI APP (module:attribute) for connections taken from Redis."""
     from worker.worker import Worker
 
     config = _config(WorkerConfig, params)
-    configure(log_level)
+    configure(log_level, log_format)
     _run(Worker(config))
 
 
@@ -111,10 +134,11 @@ def run_cmd(**params: Any) -> None:
     from .supervisor import Supervisor
 
     config = _config(RunConfig, params)
-    configure(config.log_level)
+    configure(config.log_level, config.log_format)
     _run(Supervisor(config))
 
 
 main.add_command(publish_cmd)
 main.add_command(enqueue_cmd)
 main.add_command(dead_letters_cmd)
+main.add_command(status_cmd)

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from channels_lite import keys, relay
 from channels_lite.exceptions import BrokerError
 from channels_lite.layer.heartbeat import Heartbeat
+from channels_lite.layer.inspect import DROP_COUNTERS
 from channels_lite.layer.queue import WorkQueue
 
 from .bridge import ServerContext
@@ -90,7 +91,10 @@ class Gateway:
             self.server_id,
             interval=self.config.heartbeat_interval,
             timeout=self.config.heartbeat_timeout,
-            info=lambda: {"connections": sum(len(b) for b in ctx.by_worker.values())},
+            info=lambda: {
+                "connections": sum(len(b) for b in ctx.by_worker.values()),
+                "layer": {name: getattr(ctx.layer.statistics(), name) for name in DROP_COUNTERS},
+            },
         )
         # The lifespan task lives as long as the server: it carries the
         # heartbeat and the watch on workers, whichever server hosts us.

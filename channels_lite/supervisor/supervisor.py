@@ -94,7 +94,11 @@ class Supervisor:
                     return  # stopped while the broker started
                 url, description = broker.url, broker.description
             self.children = self._make_children(url, alive_fd)
-            click.echo(f"channels-lite: http://{config.bind}  broker: {description}", err=True)
+            banner = f"channels-lite: http://{config.bind}  broker: {description}"
+            if config.log_format == "json":
+                logger.info("%s", banner)  # every line a JSON object for the shipper
+            else:
+                click.echo(banner, err=True)
             try:
                 async with anyio.create_task_group() as children:
                     for child in self.children:
@@ -128,7 +132,7 @@ class Supervisor:
         worker_params = config.child_params(WorkerConfig, redis_url)
         worker_params["app_dir"] = os.path.abspath(worker_params["app_dir"])
         worker = _argv("worker", worker_params)
-        level = ["--log-level", config.log_level]
+        level = ["--log-level", config.log_level, "--log-format", config.log_format]
         kinds = [
             ("protocol server", server, config.protocol_servers),
             ("worker", worker, config.workers),
