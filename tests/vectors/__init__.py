@@ -1,0 +1,1 @@
+"""Wire protocol test vectors: the JSON files here, their convention and generator."""
