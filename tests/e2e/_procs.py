@@ -43,7 +43,7 @@ class Process:
         """Start and wait until a log line matches ``ready``; return the match."""
         pattern = re.compile(ready) if isinstance(ready, str) else ready
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
+            self.argv(),
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -53,6 +53,10 @@ class Process:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self.wait_for(pattern, timeout)
+
+    def argv(self) -> list[str]:
+        """The command line: ``python -m MODULE ARGS`` (a subclass may run a script)."""
+        return [sys.executable, "-m", self.module, *self.args]
 
     def _read(self) -> None:
         assert self.proc is not None
