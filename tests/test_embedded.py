@@ -250,3 +250,13 @@ async def test_work_queue_on_redis_6_2(redis62: str) -> None:
         assert await queue.cancel(third)
     finally:
         await layer.close()
+
+
+def test_run_passes_the_task_registry_to_its_workers_only() -> None:
+    from channels_lite.supervisor import RunConfig
+    from protocol_server.config import Config as ServerConfig
+    from worker.config import Config as WorkerConfig
+
+    config = RunConfig(app="hello_app:app", tasks="tasks_app:registry")
+    assert config.child_params(WorkerConfig, "redis://x")["tasks"] == "tasks_app:registry"
+    assert "tasks" not in config.child_params(ServerConfig, "redis://x")

