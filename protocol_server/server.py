@@ -23,6 +23,7 @@ from channels_lite.exceptions import ChannelsLiteError
 
 from .config import Config
 from .gateway import Gateway
+from .ws_protocols import uvicorn_ws
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Server:
         uv_config = uvicorn.Config(
             self.gateway,
             http=config.http,
-            ws=config.ws,
+            ws=uvicorn_ws(config.ws),
             lifespan="on",
             log_config=None,
             ws_max_size=config.ws_max_size,
@@ -79,6 +80,10 @@ class Server:
             async def run_uvicorn() -> None:
                 try:
                     await server.serve(sockets=[sock])
+                except SystemExit:
+                    # uvicorn exits when the gateway's start-up fails; the
+                    # StartupError below says so in one line.
+                    pass
                 finally:
                     finished.set()
                     sock.close()
