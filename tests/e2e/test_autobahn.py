@@ -31,7 +31,7 @@ def test_autobahn_quick_subset(ws: str, tmp_path: Path) -> None:
         tmp_path,
         ws=ws,
         cases=autobahn.QUICK_CASES,
-        exclude=autobahn.QUICK_EXCLUDE,
+        parallelism=4,  # the 6.4.x cases wait out timers: overlap them
         timeout=50,
     )
     assert len(summary.cases) >= 200, summary.describe()
