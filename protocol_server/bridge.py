@@ -143,14 +143,14 @@ class Bridge:
         self.in_flight += size
         await self.layer.send(self.worker, event)
 
-    async def credit_worker(self, written: int, *, final: bool = False) -> None:
+    async def credit_worker(self, written: int) -> None:
         """Tell the worker ``written`` more response bytes reached the socket.
 
         Credits are batched (a quarter window at a time) to keep the number
         of messages per response small.
         """
         self._written += written
-        if self._written and (final or self._written >= self.ctx.config.flow_window // 4):
+        if self._written >= self.ctx.config.flow_window // 4:
             amount, self._written = self._written, 0
             await self.layer.send(self.worker, {"type": relay.CREDIT, "bytes": amount})
 

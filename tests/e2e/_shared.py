@@ -57,6 +57,16 @@ def shared_deployment(
     assert codes == [0] * len(codes), f"exit codes {codes}:\n{deployment.logs()}"
 
 
+@contextlib.contextmanager
+def own_logs_on_failure(deployment: Deployment, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Around one test of a shared deployment: print only that test's log lines if it fails."""
+    marks = log_marks(deployment)
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(logs_since(deployment, marks))
+
+
 def log_marks(deployment: Deployment) -> list[int]:
     """How many log lines each process has so far (to show only a test's own)."""
     return [len(p.lines) for p in [*deployment.servers, *deployment.workers]]

@@ -35,7 +35,7 @@ from websockets.exceptions import InvalidStatus
 from tests._redis import TlsCerts
 
 from ._procs import Process
-from ._shared import log_marks, logs_since, shared_deployment
+from ._shared import log_marks, logs_since, own_logs_on_failure, shared_deployment
 from .apps.probe import pattern
 from .conftest import Deployment
 
@@ -125,11 +125,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsCerts) -> Itera
 
 @pytest.fixture
 def deployment(site: Site, request: pytest.FixtureRequest) -> Iterator[Site]:
-    marks = log_marks(site.deployment)
-    yield site
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(logs_since(site.deployment, marks))
+    with own_logs_on_failure(site.deployment, request):
+        yield site
 
 
 def _h2_client(site: Site, **kwargs: Any) -> httpx.AsyncClient:

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ._shared import log_marks, logs_since, shared_deployment, wait_for_file
+from ._shared import own_logs_on_failure, shared_deployment, wait_for_file
 from .conftest import Deployment
 
 pytestmark = pytest.mark.anyio
@@ -42,11 +42,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploymen
 def deployment(
     shared: tuple[Deployment, Path], request: pytest.FixtureRequest
 ) -> Iterator[Deployment]:
-    marks = log_marks(shared[0])
-    yield shared[0]
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(logs_since(shared[0], marks))
+    with own_logs_on_failure(shared[0], request):
+        yield shared[0]
 
 
 @pytest.fixture
