@@ -9,20 +9,26 @@ has been idle long enough; an entry that was started is acked, so it is never
 run twice.
 
 The stream is bounded (``XADD MAXLEN ~``) and acked entries are deleted, so
-it holds only what waits. Entries carry no deadline field: the stream id is
-the offer time in Redis's clock, and the taker compares it with the age the
-offerer allows.
+it holds only what waits. Offers made while another is on its way to Redis
+are coalesced: they leave together, in one script call, when the event loop
+next comes round (a protocol server under load offers many connections per
+loop turn, and a round trip each was its largest cost).
+
+Entries carry no deadline field: the stream id is the offer time in Redis's
+clock, and the taker compares it with the age the offerer allows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from .redis import RedisStreamsChannelLayer, _broker_error
+from .redis import RedisStreamsChannelLayer, _broker_error, _Script
 
 __all__ = ["WorkQueue"]
 
@@ -52,7 +58,34 @@ end
 return acked
 """
 
+# KEYS[1]: stream. ARGV: maxlen, then per entry: n_fields, (name, value) * n.
+# Appends every entry (trimming approximately to maxlen); returns their ids.
+_OFFER = _Script(
+    """
+local maxlen = ARGV[1]
+local pos = 2
+local ids = {}
+while pos <= #ARGV do
+  local n = tonumber(ARGV[pos])
+  local args = {'XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*'}
+  for i = 1, 2 * n do args[6 + i] = ARGV[pos + i] end
+  ids[#ids + 1] = redis.call(unpack(args))
+  pos = pos + 1 + 2 * n
+end
+return ids
+"""
+)
+
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class _Offers:
+    """Offers of one event loop: in flight, and those waiting to leave together."""
+
+    busy: int = 0  # script calls on their way to Redis
+    fields: list[dict[bytes, bytes]] = field(default_factory=list)
+    futures: list[asyncio.Future[bytes]] = field(default_factory=list)
 
 
 class WorkQueue:
@@ -78,6 +111,8 @@ class WorkQueue:
         self.stream = stream
         self.group = group
         self.maxlen = maxlen
+        self._offers: dict[asyncio.AbstractEventLoop, _Offers] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _client(self) -> Any:
         return self.layer._client_for(self.stream)
@@ -93,18 +128,68 @@ class WorkQueue:
             raise _broker_error(exc) from exc
 
     async def offer(self, fields: dict[bytes, bytes]) -> bytes:
-        """Append an entry; returns its id. One round trip.
+        """Append an entry; returns its id. One round trip, shared by the offers
+        made while it is under way.
 
         Raises:
             BrokerUnavailable, BrokerError: Redis failed.
+
+        Cancellation: the entry may or may not have been appended.
         """
+        loop = asyncio.get_running_loop()
+        offers = self._offers.get(loop)
+        if offers is None:
+            for old in [lp for lp in self._offers if lp.is_closed()]:
+                del self._offers[old]
+            offers = self._offers[loop] = _Offers()
+        if not offers.busy:
+            # Nothing on its way: go now, the lowest latency when idle.
+            ids = await self._send(offers, [fields])
+            return ids[0]
+        future: asyncio.Future[bytes] = loop.create_future()
+        if not offers.fields:
+            loop.call_soon(self._start_batch, offers)
+        offers.fields.append(fields)
+        offers.futures.append(future)
+        # Cancellation point: the batch is sent by its own task whatever we do.
+        return await future
+
+    def _start_batch(self, offers: _Offers) -> None:
+        batch, futures = offers.fields, offers.futures
+        offers.fields, offers.futures = [], []
+
+        async def send() -> None:
+            try:
+                ids = await self._send(offers, batch)
+            except Exception as exc:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for future, entry_id in zip(futures, ids, strict=True):
+                if not future.done():  # else the offerer was cancelled
+                    future.set_result(entry_id)
+
+        task = asyncio.ensure_future(send())
+        # Keep a reference until done (the loop holds tasks weakly).
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, offers: _Offers, batch: list[dict[bytes, bytes]]) -> list[bytes]:
+        args: list[Any] = [self.maxlen]
+        for fields in batch:
+            args.append(len(fields))
+            for name, value in fields.items():
+                args.append(name)
+                args.append(value)
+        offers.busy += 1
         try:
-            entry_id: bytes = await self._client().xadd(
-                self.stream, fields, maxlen=self.maxlen, approximate=True
-            )
+            ids: list[bytes] = await _OFFER(self._client(), [self.stream], args)
         except RedisError as exc:
             raise _broker_error(exc) from exc
-        return entry_id
+        finally:
+            offers.busy -= 1
+        return ids
 
     async def cancel(self, entry_id: bytes) -> bool:
         """Withdraw an offered entry unless a consumer has taken it. One round trip.
