@@ -367,10 +367,27 @@ class BaseChannelLayer:
             got = await self._shielded(state, self._pop_into(reader, count))
             self._note_recovered()
             if not got:
-                # Cancellation point: the wait consumes nothing.
-                await self._wait(reader.stream, BLOCK_SECONDS)
+                await self._wait_shared(state, reader)
         finally:
             reader.fetching = False
+
+    async def _wait_shared(self, state: _LoopState, reader: Inbox) -> None:
+        """Wait for ``reader``'s stream to get an entry, in a task of the reader's own.
+
+        Cancellation point: the wait consumes nothing. It runs in its own task
+        because cancelling a blocking read makes redis-py drop the connection
+        it blocks on: a receive cancelled here (a connection ending in the
+        runtime, a consumer closing) leaves the wait running for the next
+        receive of this stream instead of costing a reconnect.
+        """
+        task = reader.wait_task
+        if task is None:
+            task = reader.wait_task = asyncio.ensure_future(
+                self._wait(reader.stream, BLOCK_SECONDS)
+            )
+            state.tasks.add(task)
+            task.add_done_callback(_wait_done(state, reader))
+        await asyncio.shield(task)
 
     async def _pop_into(self, reader: Inbox, count: int) -> int:
         try:
@@ -441,6 +458,9 @@ class BaseChannelLayer:
         return state
 
     async def _close_state(self, state: _LoopState) -> None:
+        for reader in state.readers.values():
+            if reader.wait_task is not None:
+                reader.wait_task.cancel()  # a blocking read: nobody needs its end
         if state.tasks:
             await asyncio.gather(*state.tasks, return_exceptions=True)
         await self._close_backend(state)
@@ -487,6 +507,18 @@ class BaseChannelLayer:
                 "broker reachable again after %.1fs", time.monotonic() - self._outage_since
             )
             self._outage_since = None
+
+
+def _wait_done(state: _LoopState, reader: Inbox) -> Any:
+    def done(task: asyncio.Task[None]) -> None:
+        state.tasks.discard(task)
+        reader.wait_task = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a receive awaiting it handles it
+        if reader.idle() and state.readers.get(reader.stream) is reader:
+            del state.readers[reader.stream]
+
+    return done
 
 
 def _forget_task(state: _LoopState) -> Any:

@@ -54,6 +54,8 @@ class Inbox:
     # receives it has something for (not every receive of a busy process).
     waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
     handed: asyncio.Future[None] | None = None  # the parked receive told to fetch
+    # The blocking wait on the broker, shared by this stream's receives.
+    wait_task: asyncio.Task[None] | None = None
     # Channels whose owner is gone (forget), with when: late arrivals for
     # them are discarded instead of buffered.
     forgotten: dict[str, float] = field(default_factory=dict)
@@ -115,7 +117,9 @@ class Inbox:
                     return
 
     def idle(self) -> bool:
-        return not (self.buffers or self.fetching or self.inflight or self.waiting)
+        return not (
+            self.buffers or self.fetching or self.inflight or self.waiting or self.wait_task
+        )
 
     def distribute(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         """File one popped entry under each of its recipients."""
