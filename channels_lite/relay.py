@@ -19,6 +19,9 @@ Rules
   A slow client slows the app, not Redis memory; the same for uploads.
 * Control messages carry ``type`` values in the ``cl.`` namespace, which no
   ASGI event uses.
+* Messages a side has ready at once travel as one :data:`BATCH` (a claim, a
+  response start and its body: one stream entry, not three), unpacked in
+  order by the receiver. Redis's work per request is mostly per entry.
 * Bodies travel in pieces of at most :data:`CHUNK_SIZE` bytes, and so do
   WebSocket messages: a larger ``websocket.receive`` or ``websocket.send``
   crosses as several events of the same type, all but the last marked
@@ -37,6 +40,9 @@ CREDIT: Final = "cl.credit"
 #: Worker to protocol server: the app failed after the response started;
 #: cut the connection rather than let a truncated response look complete.
 ABORT: Final = "cl.abort"
+
+#: Several messages in one, in order: ``{"type": BATCH, "events": [...]}``.
+BATCH: Final = "cl.batch"
 
 #: Key on a WebSocket message event that is a part of a larger message.
 MORE: Final = "cl.more"
@@ -79,12 +85,16 @@ def portable_scope(scope: dict[str, Any]) -> dict[str, Any]:
 
 
 def payload_size(event: dict[str, Any]) -> int:
-    """Bytes of payload an event carries, as counted by flow control."""
+    """Bytes of payload an event carries, as counted by flow control.
+
+    Only bytes and text count: a control message's ``bytes`` is a number,
+    and a malformed event's odd values are no payload.
+    """
     body = event.get("body") or event.get("bytes")
-    if body:
+    if body and isinstance(body, bytes | bytearray):
         return len(body)
     text = event.get("text")
-    if text:
+    if isinstance(text, str) and text:
         return len(text.encode())
     return 0
 
@@ -157,3 +167,41 @@ class Joiner:
         if parts[0].get("bytes") is not None:
             return {"type": event["type"], "bytes": b"".join(p.get("bytes", b"") for p in parts)}
         return {"type": event["type"], "text": "".join(p.get("text", "") for p in parts)}
+
+
+def batch(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` as few messages as the chunk size allows: :data:`BATCH` es of
+    several events whose payloads add up to at most a chunk, single events
+    where a batch would hold one."""
+    if len(events) < 2:
+        return events
+    out: list[dict[str, Any]] = []
+    group: list[dict[str, Any]] = []
+    size = 0
+    for event in events:
+        payload = payload_size(event)
+        if group and size + payload > CHUNK_SIZE:
+            out.append(group[0] if len(group) == 1 else {"type": BATCH, "events": group})
+            group, size = [], 0
+        group.append(event)
+        size += payload
+    out.append(group[0] if len(group) == 1 else {"type": BATCH, "events": group})
+    return out
+
+
+def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events in a message: its :data:`BATCH` contents, or itself.
+
+    Nothing from the wire is trusted: a batch entry that is not a message
+    (a dict with a string ``type``) is left out, and batches do not nest.
+    """
+    if message.get("type") != BATCH:
+        return [message]
+    events = message.get("events")
+    if not isinstance(events, list):
+        return []
+    return [
+        event
+        for event in events
+        if isinstance(event, dict) and isinstance(event.get("type"), str) and event["type"] != BATCH
+    ]

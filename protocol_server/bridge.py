@@ -8,6 +8,7 @@ ways with credit-based flow control (see :mod:`channels_lite.relay`).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ class Bridge:
         self._credit = anyio.Event()
         # Response bytes written to the client not yet credited to the worker.
         self._written = 0
+        # Events of a batch from the worker not yet handled, in order.
+        self._unread: deque[Message] = deque()
 
     async def offer(self, first_events: tuple[Message, ...]) -> str | None:
         """Offer the connection to the workers and wait for a claim.
@@ -100,9 +103,21 @@ class Bridge:
             return await self._wait_claim()
         raise WorkerLost(f"conn {self.channel}: taken by a worker that never answered")
 
+    async def _next(self) -> Message:
+        """The next message from the worker, batches unpacked."""
+        if self._unread:
+            return self._unread.popleft()
+        while True:
+            # Cancellation point: the layer keeps what it took for the next call.
+            events = relay.unbatch(await self.layer.receive(self.channel))
+            if events:
+                self._unread.extend(events[1:])
+                return events[0]
+            logger.warning("conn %s: empty or malformed batch from the worker", self.channel)
+
     async def _wait_claim(self) -> str:
         while True:
-            message = await self.layer.receive(self.channel)
+            message = await self._next()
             if message["type"] == relay.CLAIM and isinstance(message.get("channel"), str):
                 self.worker = message["channel"]
                 worker_id = message.get("worker")
@@ -115,7 +130,7 @@ class Bridge:
     async def next_from_worker(self) -> Message:
         """The next ASGI event from the worker; control messages are handled here."""
         while True:
-            message = await self.layer.receive(self.channel)
+            message = await self._next()
             kind = message["type"]
             if kind == relay.CREDIT:
                 self.in_flight = max(0, self.in_flight - int(message.get("bytes", 0)))

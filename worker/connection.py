@@ -261,8 +261,12 @@ class AppConnection:
             async with self._flush_lock:
                 if not self._outbox:
                     return
-                batch, self._outbox = self._outbox, []
-                await self.layer.send_many([(self.peer, message) for message in batch])
+                events, self._outbox = self._outbox, []
+                messages = relay.batch(events)
+                if len(messages) == 1:
+                    await self.layer.send(self.peer, messages[0])
+                else:
+                    await self.layer.send_many([(self.peer, message) for message in messages])
         finally:
             self._flushing -= 1
 
@@ -289,28 +293,35 @@ class AppConnection:
 
     async def _pump_inbox(self, app_scope: anyio.CancelScope) -> None:
         while True:
-            message = await self.layer.receive(self.channel)
-            kind = message["type"]
-            if kind == relay.CREDIT:
-                self._in_flight = max(0, self._in_flight - int(message.get("bytes", 0)))
+            # Cancellation point: the layer keeps what it took for the next call.
+            for message in relay.unbatch(await self.layer.receive(self.channel)):
+                if not self._handle_inbound(message, app_scope):
+                    return
+
+    def _handle_inbound(self, message: Message, app_scope: anyio.CancelScope) -> bool:
+        """Act on one message from the protocol server; False once dropped."""
+        kind = message["type"]
+        if kind == relay.CREDIT:
+            self._in_flight = max(0, self._in_flight - int(message.get("bytes", 0)))
+            self._credit.set()
+            self._credit = anyio.Event()
+        elif kind == relay.DROP:
+            logger.warning("conn %s: claimed by another worker first; dropped", self.peer)
+            self._complete = True
+            app_scope.cancel()
+            return False
+        elif kind.startswith("cl."):
+            logger.debug("conn %s: unknown control message %r", self.peer, kind)
+        else:
+            if kind in ("http.disconnect", "websocket.disconnect"):
+                # The client is gone whether or not the app reads this:
+                # no credit will come, so a send must not wait for it
+                # (uvicorn's send fails or does nothing at once, too).
+                self._gone = True
                 self._credit.set()
                 self._credit = anyio.Event()
-            elif kind == relay.DROP:
-                logger.warning("conn %s: claimed by another worker first; dropped", self.peer)
-                self._complete = True
-                app_scope.cancel()
-                return
-            elif kind.startswith("cl."):
-                logger.debug("conn %s: unknown control message %r", self.peer, kind)
-            else:
-                if kind in ("http.disconnect", "websocket.disconnect"):
-                    # The client is gone whether or not the app reads this:
-                    # no credit will come, so a send must not wait for it
-                    # (uvicorn's send fails or does nothing at once, too).
-                    self._gone = True
-                    self._credit.set()
-                    self._credit = anyio.Event()
-                self._inbox_send.send_nowait(message)
+            self._inbox_send.send_nowait(message)
+        return True
 
     # ------------------------------------------------------------------
     # Ending
