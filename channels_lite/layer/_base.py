@@ -20,6 +20,11 @@ Rules / theory of operation
   are trimmed by id on the broker; locally buffered ones are aged against an
   estimate of the broker's clock (corrected on every pop), so a skewed host
   clock cannot make everything look expired.
+* A process-specific stream has one reader, so it is followed rather than
+  popped: a blocking read from the last id seen returns the entries that
+  woke it (one round trip per wake-up instead of a wait and a pop), and what
+  was read is deleted in the background (``_tail.py``). Normal channels,
+  which receivers in several processes may share, are popped atomically.
 * Receiving is cancellation-safe. The blocking wait does not consume, so
   cancelling it loses nothing. The pop *does* consume, so it runs to
   completion in a shielded task that puts what it took into the local buffers
@@ -39,7 +44,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -48,6 +53,7 @@ from ..exceptions import ChannelFull, ConfigError, WireError
 from ._inbox import Inbox, InboxRules
 from ._names import CapacityTable, check_channel, check_group, check_message, non_local_name
 from ._stats import Counters, LayerStatistics
+from ._tail import TailPosition
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +91,8 @@ class _LoopState:
     readers: dict[str, Inbox] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     backend: Any = None
+    # Process-specific streams are followed, not popped (see _tail.py).
+    tails: dict[str, TailPosition] = field(default_factory=dict)
 
 
 class BaseChannelLayer:
@@ -134,6 +142,7 @@ class BaseChannelLayer:
         self._stream_keys: dict[str, str] = {}
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._outage_since: float | None = None
+        self._clock_set = 0.0  # monotonic time the clock offset was last measured
 
     # ------------------------------------------------------------------
     # Backend primitives
@@ -149,6 +158,17 @@ class BaseChannelLayer:
 
     async def _wait(self, stream: str, block_seconds: float) -> None:
         """Return once ``stream`` has an entry, or after ``block_seconds``; consumes nothing."""
+        raise NotImplementedError
+
+    async def _read(
+        self, stream: str, after: bytes, count: int, block_seconds: float
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` entries with ids above ``after``, waiting at most
+        ``block_seconds`` for one; consumes nothing."""
+        raise NotImplementedError
+
+    async def _delete(self, stream: str, ids: list[bytes]) -> None:
+        """Delete entries by id (those already gone are no error)."""
         raise NotImplementedError
 
     async def _group_add(self, key: str, channel: str) -> None:
@@ -356,6 +376,11 @@ class BaseChannelLayer:
     async def _fetch(self, state: _LoopState, reader: Inbox, channel: str) -> None:
         reader.fetching = True
         try:
+            if reader.specific:
+                # Ours alone: follow it (one round trip per wake-up, no pop).
+                await self._await_shared(state, reader, self._tail_into(state, reader))
+                self._note_recovered()
+                return
             # A process-specific stream is ours alone: take a batch. A normal
             # channel may have receivers in other processes: take only as many
             # as wait here, so nothing sits in our buffer while they starve.
@@ -367,27 +392,78 @@ class BaseChannelLayer:
             got = await self._shielded(state, self._pop_into(reader, count))
             self._note_recovered()
             if not got:
-                await self._wait_shared(state, reader)
+                await self._await_shared(state, reader, self._wait(reader.stream, BLOCK_SECONDS))
         finally:
             reader.fetching = False
 
-    async def _wait_shared(self, state: _LoopState, reader: Inbox) -> None:
-        """Wait for ``reader``'s stream to get an entry, in a task of the reader's own.
+    async def _await_shared(
+        self, state: _LoopState, reader: Inbox, blocking: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run ``blocking`` (a blocking read of ``reader``'s stream) in a task of
+        the reader's own, or join the one already running (``blocking`` is then
+        discarded unstarted).
 
-        Cancellation point: the wait consumes nothing. It runs in its own task
-        because cancelling a blocking read makes redis-py drop the connection
-        it blocks on: a receive cancelled here (a connection ending in the
-        runtime, a consumer closing) leaves the wait running for the next
+        Cancellation point: the read consumes nothing, or hands what it read
+        to the reader's buffers itself. It runs in its own task because
+        cancelling a blocking read makes redis-py drop the connection it
+        blocks on: a receive cancelled here (a connection ending in the
+        runtime, a consumer closing) leaves the read running for the next
         receive of this stream instead of costing a reconnect.
         """
         task = reader.wait_task
-        if task is None:
-            task = reader.wait_task = asyncio.ensure_future(
-                self._wait(reader.stream, BLOCK_SECONDS)
-            )
+        if task is None or task.done():
+            # (Done but not yet forgotten: its callbacks run on the next loop
+            # turn, and shielding a done task would return without yielding.)
+            task = reader.wait_task = asyncio.ensure_future(blocking)
             state.tasks.add(task)
             task.add_done_callback(_wait_done(state, reader))
+        else:
+            blocking.close()
         await asyncio.shield(task)
+
+    async def _tail_into(self, state: _LoopState, reader: Inbox) -> None:
+        """Read past the last entry seen, into the buffers; delete it in the background."""
+        position = state.tails.get(reader.stream)
+        if position is None:
+            position = state.tails[reader.stream] = TailPosition()
+        entries = await self._read(
+            reader.stream, position.start(), self.receive_batch, BLOCK_SECONDS
+        )
+        if not entries:
+            return
+        # From here to the end nothing awaits: what was read reaches the buffers.
+        self._observe_clock(int(entries[-1][0].split(b"-", 1)[0]))
+        for entry_id, fields in entries:
+            reader.distribute(entry_id, fields)
+        now_ms = self._now_ms()
+        if now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
+            reader.sweep(now_ms)
+        ids = position.read([entry_id for entry_id, _ in entries])
+        task = asyncio.ensure_future(self._delete_read(reader.stream, position, ids))
+        state.tasks.add(task)
+        task.add_done_callback(_forget_task(state))
+
+    async def _delete_read(self, stream: str, position: TailPosition, ids: list[bytes]) -> None:
+        try:
+            await self._delete(stream, ids)  # one round trip, off the message's path
+        except Exception as exc:
+            position.deleted(ids, ok=False)
+            logger.debug("deleting %d read entries of %s failed: %s", len(ids), stream, exc)
+        else:
+            position.deleted(ids, ok=True)
+
+    def _observe_clock(self, newest_ms: int) -> None:
+        """Correct the broker-clock estimate from the id of an entry just read.
+
+        An id is the broker's time when the entry was added, so it can only
+        be behind the broker's clock now: it raises the estimate at once, and
+        replaces it when no exact reading (a pop's ``TIME``) came for a while.
+        """
+        offset = newest_ms - time.time() * 1000
+        now = time.monotonic()
+        if offset > self._clock_offset_ms or now - self._clock_set > 10:
+            self._clock_offset_ms = offset
+            self._clock_set = now
 
     async def _pop_into(self, reader: Inbox, count: int) -> int:
         try:
@@ -396,6 +472,7 @@ class BaseChannelLayer:
             reader.inflight -= 1
         # From here to the end nothing awaits: what was popped reaches the buffers.
         self._clock_offset_ms = popped.now_ms - time.time() * 1000
+        self._clock_set = time.monotonic()
         self._counters.expired += popped.expired
         for entry_id, fields in popped.entries:
             reader.distribute(entry_id, fields)
@@ -512,7 +589,8 @@ class BaseChannelLayer:
 def _wait_done(state: _LoopState, reader: Inbox) -> Any:
     def done(task: asyncio.Task[None]) -> None:
         state.tasks.discard(task)
-        reader.wait_task = None
+        if reader.wait_task is task:
+            reader.wait_task = None
         if not task.cancelled():
             task.exception()  # retrieved: a receive awaiting it handles it
         if reader.idle() and state.readers.get(reader.stream) is reader:

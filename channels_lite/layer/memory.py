@@ -134,6 +134,43 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 if waiter in stream.waiters:
                     stream.waiters.remove(waiter)
 
+    async def _read(
+        self, stream_key: str, after: bytes, count: int, block_seconds: float
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        start = _parse_id(after)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            stream = self._streams.get(stream_key)
+            if stream is None:
+                stream = self._streams[stream_key] = _Stream()
+            found = _entries_after(stream, start, count)
+            if found:
+                return found
+            waiter = (loop, future)
+            stream.waiters.append(waiter)
+        try:
+            # Cancellation point: nothing is consumed while waiting.
+            await asyncio.wait_for(future, block_seconds)
+        except TimeoutError:
+            return []
+        finally:
+            with self._lock:
+                if waiter in stream.waiters:
+                    stream.waiters.remove(waiter)
+        with self._lock:
+            return _entries_after(stream, start, count)
+
+    async def _delete(self, stream_key: str, ids: list[bytes]) -> None:
+        gone = {_parse_id(entry_id) for entry_id in ids}
+        with self._lock:
+            stream = self._streams.get(stream_key)
+            if stream is None:
+                return
+            stream.entries = deque(e for e in stream.entries if (e[0], e[1]) not in gone)
+            if not stream.entries and not stream.waiters:
+                del self._streams[stream_key]
+
     async def _group_add(self, key: str, channel: str) -> None:
         with self._lock:
             self._groups.setdefault(key, {})[channel] = _now_ms()
@@ -166,6 +203,23 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _parse_id(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _entries_after(
+    stream: _Stream, start: tuple[int, int], count: int
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    found = []
+    for ms, seq, fields in stream.entries:
+        if (ms, seq) > start:
+            found.append((f"{ms}-{seq}".encode(), fields))
+            if len(found) >= count:
+                break
+    return found
 
 
 def _wake(stream: _Stream) -> None:

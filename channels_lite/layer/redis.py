@@ -2,11 +2,13 @@
 
 Round trips per operation (what makes a layer fast or slow, measured in
 ``bench/``): ``send`` is one ``EVALSHA`` (trim expired, check capacity, XADD,
-PEXPIRE), and concurrent sends of one event-loop turn share it; ``receive`` of
-a waiting message is one ``EVALSHA`` (trim, XRANGE, XDEL) that also takes up to
-``receive_batch`` more; an idle receive parks in ``XREAD BLOCK`` and pops on
-wake-up; ``group_send`` is a member lookup plus one append per Redis host,
-whatever the number of members.
+PEXPIRE), and concurrent sends of one event-loop turn share it; ``receive`` on
+a normal channel is one ``EVALSHA`` (trim, XRANGE, XDEL) that also takes up to
+``receive_batch`` more, and an idle one parks in ``XREAD BLOCK`` and pops on
+wake-up; ``receive`` on a process-specific channel is one ``XREAD BLOCK`` from
+the last id seen, whose reply carries the entries, plus an ``XDEL`` off the
+message's path; ``group_send`` is a member lookup plus one append per Redis
+host, whatever the number of members.
 
 Connections: one ``redis.asyncio`` client (and pool) per host and event loop.
 With several ``hosts`` every key is placed by a stable hash of its name, so
@@ -306,6 +308,40 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             raise  # receive() waits these out
         except RedisError as exc:
             raise _broker_error(exc) from exc
+
+    async def _read(
+        self, stream: str, after: bytes, count: int, block_seconds: float
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        try:
+            # Redis answers within block_seconds; if it does not, the
+            # connection is dead (no socket_timeout, see _make_client).
+            with anyio.fail_after(block_seconds + _REPLY_GRACE):
+                reply = await self._client_for(stream).execute_command(  # type: ignore[no-untyped-call]
+                    "XREAD",
+                    "COUNT",
+                    count,
+                    "BLOCK",
+                    int(block_seconds * 1000),
+                    "STREAMS",
+                    stream,
+                    after,
+                )
+        except AuthenticationError as exc:
+            raise _broker_error(exc) from exc
+        except self._outage_errors:
+            raise  # receive() waits these out
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+        # redis-py (RESP2): [[stream, [(id, {field: value}), ...]]], or None.
+        return [
+            (entry_id, fields)
+            for _, items in reply or ()
+            for entry_id, fields in items
+            if fields is not None
+        ]
+
+    async def _delete(self, stream: str, ids: list[bytes]) -> None:
+        await self._call(self._client_for(stream).xdel(stream, *ids))
 
     async def _group_add(self, key: str, channel: str) -> None:
         await self._call(_GROUP_ADD(self._client_for(key), [key], [channel, self._group_expiry_ms]))

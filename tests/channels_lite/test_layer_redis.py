@@ -20,6 +20,7 @@ import redis.exceptions
 
 from channels_lite import wire
 from channels_lite.exceptions import BrokerUnavailable
+from channels_lite.layer._base import BLOCK_SECONDS
 from tests._redis import RedisServer
 
 from ._support import (
@@ -283,3 +284,69 @@ async def test_send_while_redis_is_down_raises_broker_unavailable(
         await layer.send("test.up", {"type": "test.m"})
     with anyio.fail_after(10), pytest.raises(BrokerUnavailable):
         await layer.group_send("test.room", {"type": "test.m"})
+
+
+# ---------------------------------------------------------------------------
+# Following a process-specific stream (read, then delete in the background)
+
+
+async def test_received_entries_leave_the_process_stream(
+    make_redis_layer: Any, raw_redis: aioredis.Redis
+) -> None:
+    layer = make_redis_layer(prefix="tail", receive_batch=10)
+    channel = await layer.new_channel()
+    stream = specific_stream_key("tail", channel)
+    for n in range(95):  # several reads' batches
+        await layer.send(channel, {"type": "test.m", "n": n})
+    assert [(await recv(layer, channel))["n"] for _ in range(95)] == list(range(95))
+    # The last delete is off the message's path: wait for it to land.
+    with anyio.fail_after(3):
+        while await raw_redis.xlen(stream):  # noqa: ASYNC110 (Redis offers no event)
+            await anyio.sleep(0.01)
+    await assert_nothing_pending(layer, channel)
+
+
+async def test_a_process_stream_deleted_and_recreated_is_still_followed(
+    make_redis_layer: Any, raw_redis: aioredis.Redis
+) -> None:
+    # A flush, an expired key or a restarted broker recreates the stream with
+    # ids that may be lower than the last one read: the reader must not skip them.
+    layer, sender = make_redis_layer(prefix="tail"), make_redis_layer(prefix="tail")
+    channel = await layer.new_channel()
+    stream = specific_stream_key("tail", channel)
+    await sender.send(channel, {"type": "test.first"})
+    ((first_id, _),) = await raw_redis.xrange(stream)
+    assert await recv(layer, channel) == {"type": "test.first"}
+    with anyio.fail_after(3):  # its delete has landed (Redis offers no event)
+        while await raw_redis.xlen(stream):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    await raw_redis.delete(stream)  # as a flush or an expiry would
+    await raw_redis.xadd(
+        stream,
+        wire.channel_message_fields((channel,), wire.encode_message({"type": "test.low"})),
+        id=first_id,  # as a new stream gets within the same millisecond
+    )
+    # At once, or (if the reader's delete was still on its way back) when its
+    # blocking read next re-arms from the stream's start.
+    assert await recv(layer, channel, within=BLOCK_SECONDS + 3) == {"type": "test.low"}
+    await sender.send(channel, {"type": "test.after"})
+    assert await recv(layer, channel) == {"type": "test.after"}
+
+
+async def test_cancelled_receives_do_not_cost_reconnects(
+    make_redis_layer: Any, raw_redis: aioredis.Redis
+) -> None:
+    # The runtime cancels a connection's receive whenever the connection ends;
+    # a cancelled blocking read would make redis-py drop its connection.
+    layer = make_redis_layer()
+    channels = [await layer.new_channel() for _ in range(50)]
+    await layer.send(channels[0], {"type": "test.warm"})
+    await recv(layer, channels[0])
+    before = int((await raw_redis.info("stats"))["total_connections_received"])
+    for channel in channels:
+        with anyio.move_on_after(0.01):
+            await layer.receive(channel)  # blocks on the shared read, then is cancelled
+    await layer.send(channels[-1], {"type": "test.last"})
+    assert await recv(layer, channels[-1]) == {"type": "test.last"}
+    after = int((await raw_redis.info("stats"))["total_connections_received"])
+    assert after - before <= 1
