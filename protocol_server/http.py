@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from .bridge import Bridge, ResponseAborted, ServerContext, WorkerLost
 
@@ -40,6 +41,7 @@ class HttpBridge(Bridge):
         self.response_complete = False
         self.status: int | None = None  # for the access log
         self.bytes_sent = 0
+        self._listening = False  # a task is reading the client (body, disconnect)
 
     async def run(self) -> None:
         try:
@@ -100,12 +102,19 @@ class HttpBridge(Bridge):
                 self.relay_scope = tg.cancel_scope
                 if self.lost:
                     tg.cancel_scope.cancel()
+                self._listening = True
                 if first.get("more_body", False):
                     tg.start_soon(self._pump_request)
                 else:
                     tg.start_soon(self._watch_disconnect)
                 await self._pump_response()
-                tg.cancel_scope.cancel()
+                if self._listening:
+                    # uvicorn ends the listener's receive() as soon as the
+                    # response is complete, so it is usually done by the next
+                    # loop turn: cheaper than cancelling it on every request.
+                    await anyio.lowlevel.checkpoint()
+                    if self._listening:
+                        tg.cancel_scope.cancel()
             if self.lost:
                 if self.response_started:
                     raise ResponseAborted(f"conn {self.channel}: the worker died mid-response")
@@ -115,6 +124,12 @@ class HttpBridge(Bridge):
 
     async def _pump_request(self) -> None:
         """Forward the rest of the request body, then watch for the client leaving."""
+        try:
+            await self._forward_body()
+        finally:
+            self._listening = False
+
+    async def _forward_body(self) -> None:
         limit = self.ctx.config.max_body_size
         while True:
             message = await self.receive()
@@ -141,14 +156,19 @@ class HttpBridge(Bridge):
             )
             if not message.get("more_body", False):
                 break
-        await self._watch_disconnect()
-
-    async def _watch_disconnect(self) -> None:
-        # uvicorn's receive() returns http.disconnect when the client goes
-        # away (or once the response is complete, when we are cancelled anyway).
         message = await self.receive()
         if message["type"] == "http.disconnect":
             await self._client_left()
+
+    async def _watch_disconnect(self) -> None:
+        # uvicorn's receive() returns http.disconnect when the client goes
+        # away, or once the response is complete.
+        try:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                await self._client_left()
+        finally:
+            self._listening = False
 
     async def _client_left(self) -> None:
         # Tell the app, then stop relaying: no response can reach the client
