@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+from collections import deque
 from typing import Any
 
 import anyio
@@ -41,6 +41,7 @@ class AppConnection:
         state: dict[str, Any],
         *,
         flow_window: int,
+        tasks: anyio.abc.TaskGroup,
         app_layer: BaseChannelLayer | None = None,
         worker_id: str = "",
     ) -> None:
@@ -54,7 +55,10 @@ class AppConnection:
         self.kind = str(connect.scope.get("type"))
         self.channel = ""
         self.peer = connect.reply_to
-        self._inbox_send, self._inbox = anyio.create_memory_object_stream[Message](math.inf)
+        # Events from the protocol server the app has not read yet, and the
+        # event a receive waiting for one parks on.
+        self._inbox: deque[Message] = deque()
+        self._inbox_ready: anyio.Event | None = None
         self._initial = list(connect.events)
         self._in_flight = 0  # response bytes sent, not yet credited
         self._credit = anyio.Event()
@@ -70,7 +74,11 @@ class AppConnection:
         self._flush_lock = anyio.Lock(fast_acquire=True)
         self._flush_scheduled = False
         self._flushing = 0
-        self._tasks: anyio.abc.TaskGroup | None = None
+        # The worker's task group: the inbox pump and background flushes run
+        # there, so a connection needs no task group of its own.
+        self._tasks = tasks
+        self._app_scope = anyio.CancelScope()  # cancelled on a drop
+        self._pump_scope: anyio.CancelScope | None = None  # set once the pump runs
 
     async def run(self) -> None:
         """Claim the connection and run the app to completion. Never raises app errors."""
@@ -88,10 +96,13 @@ class AppConnection:
             app_channel = await self.app_layer.new_channel()
             scope["channel_layer"] = self.app_layer
             scope["channel_name"] = app_channel
+        if self.kind != "http":
+            # A WebSocket app always listens; an HTTP app often never needs
+            # to hear from the protocol server (its body came with the offer),
+            # so its pump starts only when it waits for an event or for credit.
+            self._start_pump()
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump_inbox, tg.cancel_scope)
-                self._tasks = tg
+            with self._app_scope:
                 try:
                     await self.app(scope, self.receive, self.send)
                 except ClientDisconnected:
@@ -106,8 +117,9 @@ class AppConnection:
                     await self._after_return()
                 if not self._gone:
                     await self._flush()  # nothing posted is left behind
-                tg.cancel_scope.cancel()
         finally:
+            if self._pump_scope is not None:
+                self._pump_scope.cancel()
             self.layer.forget_channel(self.channel)
             if app_channel and self.app_layer is not None:
                 self.app_layer.forget_channel(app_channel)
@@ -133,20 +145,23 @@ class AppConnection:
             return self._disconnect
         if self.kind == "http" and self._complete:
             return {"type": "http.disconnect"}
-        if self._closed is not None and self._inbox.statistics().current_buffer_used == 0:
+        if self._closed is not None and not self._inbox:
             # The app closed the socket: what the client had sent before is
             # above; now the disconnect, with the app's code, as uvicorn does.
             return self._consume(self._closed)
-        if self._consumed and self._inbox.statistics().current_buffer_used == 0:
+        if self._consumed and not self._inbox:
             # The app waits for more: credit what it read so the sender can go on.
             await self._send_credit()
-        if self._outbox and self._inbox.statistics().current_buffer_used == 0:
+        if self._outbox and not self._inbox:
             # About to wait for the client: what the app posted must go first
             # (the protocol server needs our claim to send us anything).
             await self._flush()
-        # Cancellation point: nothing is taken from the inbox unless returned.
-        message = await self._inbox.receive()
-        return self._consume(message)
+        while not self._inbox:
+            self._start_pump()
+            ready = self._inbox_ready = anyio.Event()
+            # Cancellation point: nothing is taken from the inbox unless returned.
+            await ready.wait()
+        return self._consume(self._inbox.popleft())
 
     def _consume(self, message: Message) -> Message:
         kind = message["type"]
@@ -222,6 +237,7 @@ class AppConnection:
 
     async def _wait_credit(self, size: int) -> None:
         while not self._gone and self._in_flight and self._in_flight + size > self.window:
+            self._start_pump()  # credit comes through it
             # Cancellation point: waiting for the protocol server to write.
             await self._credit.wait()
         self._in_flight += size
@@ -245,8 +261,18 @@ class AppConnection:
 
     def _flush_later(self) -> None:
         self._flush_scheduled = False
-        if self._outbox and not self._flushing and self._tasks is not None:
-            self._tasks.start_soon(self._flush)
+        if self._outbox and not self._flushing and not self._app_scope.cancel_called:
+            self._tasks.start_soon(self._flush_in_background)
+
+    async def _flush_in_background(self) -> None:
+        # In the worker's task group: a relay failure must end this
+        # connection's app, never the worker.
+        try:
+            await self._flush()
+        except Exception:
+            logger.exception("conn %s: relay failed", self.peer)
+            self._gone = True
+            self._app_scope.cancel()
 
     async def _emit(self, message: Message) -> None:
         """Queue a message and send everything queued, in one broker call."""
@@ -279,6 +305,12 @@ class AppConnection:
         if self._gone:
             return
         logger.warning("conn %s: protocol server gone; disconnecting the app", self.peer)
+        self._disconnect_app()
+
+    def _disconnect_app(self) -> None:
+        """The client is as good as gone: the app gets its disconnect."""
+        if self._gone:
+            return
         if self.kind == "http":
             event: Message = {"type": "http.disconnect"}
         else:
@@ -286,17 +318,38 @@ class AppConnection:
         self._gone = True
         self._credit.set()
         self._credit = anyio.Event()
-        self._inbox_send.send_nowait(event)
+        self._deliver(event)
+
+    def _deliver(self, message: Message) -> None:
+        """Queue an event for the app's receive."""
+        self._inbox.append(message)
+        if self._inbox_ready is not None:
+            self._inbox_ready.set()
+            self._inbox_ready = None
 
     # ------------------------------------------------------------------
     # From the protocol server
 
-    async def _pump_inbox(self, app_scope: anyio.CancelScope) -> None:
-        while True:
-            # Cancellation point: the layer keeps what it took for the next call.
-            for message in relay.unbatch(await self.layer.receive(self.channel)):
-                if not self._handle_inbound(message, app_scope):
-                    return
+    def _start_pump(self) -> None:
+        if self._pump_scope is None:
+            self._pump_scope = anyio.CancelScope()
+            self._tasks.start_soon(self._pump_inbox, self._pump_scope)
+
+    async def _pump_inbox(self, pump_scope: anyio.CancelScope) -> None:
+        # Cancelled when the connection ends (even before it got here: a
+        # scope cancelled before it is entered cancels at the first await).
+        with pump_scope:
+            try:
+                while True:
+                    # Cancellation point: the layer keeps what it took for the next call.
+                    for message in relay.unbatch(await self.layer.receive(self.channel)):
+                        if not self._handle_inbound(message, self._app_scope):
+                            return
+            except Exception:
+                # In the worker's task group: a relay failure must end this
+                # connection, never the worker. The app hears the client left.
+                logger.exception("conn %s: relay failed", self.peer)
+                self._disconnect_app()
 
     def _handle_inbound(self, message: Message, app_scope: anyio.CancelScope) -> bool:
         """Act on one message from the protocol server; False once dropped."""
@@ -320,7 +373,7 @@ class AppConnection:
                 self._gone = True
                 self._credit.set()
                 self._credit = anyio.Event()
-            self._inbox_send.send_nowait(message)
+            self._deliver(message)
         return True
 
     # ------------------------------------------------------------------

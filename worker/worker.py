@@ -195,6 +195,7 @@ class Worker:
                     connect,
                     state,
                     flow_window=config.flow_window,
+                    tasks=connections,
                     app_layer=self.app_layer,
                     worker_id=self.worker_id,
                 )

@@ -40,11 +40,12 @@ Rules / theory of operation
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -88,6 +89,9 @@ class Popped:
 @dataclass(slots=True)
 class _LoopState:
     client_prefix: str = field(default_factory=lambda: secrets.token_hex(6))
+    # Unique within the loop; the random client prefix makes names unique
+    # across processes (and a counter costs no getrandom() per connection).
+    serials: Iterator[int] = field(default_factory=itertools.count)
     readers: dict[str, Inbox] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     backend: Any = None
@@ -300,7 +304,8 @@ class BaseChannelLayer:
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new process-specific channel name, ``prefix.<client>!<random>``."""
-        return check_channel(f"{prefix}.{self._state().client_prefix}!{secrets.token_hex(8)}")
+        state = self._state()
+        return check_channel(f"{prefix}.{state.client_prefix}!{next(state.serials):x}")
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` (refreshing its ``group_expiry`` clock)."""
