@@ -45,8 +45,9 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from .. import keys, wire
@@ -383,7 +384,7 @@ class BaseChannelLayer:
         try:
             if reader.specific:
                 # Ours alone: follow it (one round trip per wake-up, no pop).
-                await self._await_shared(state, reader, self._tail_into(state, reader))
+                await self._await_shared(state, reader, partial(self._tail_into, state, reader))
                 self._note_recovered()
                 return
             # A process-specific stream is ours alone: take a batch. A normal
@@ -397,16 +398,19 @@ class BaseChannelLayer:
             got = await self._shielded(state, self._pop_into(reader, count))
             self._note_recovered()
             if not got:
-                await self._await_shared(state, reader, self._wait(reader.stream, BLOCK_SECONDS))
+                await self._await_shared(state, reader, partial(self._wait_then, reader))
         finally:
             reader.fetching = False
 
     async def _await_shared(
-        self, state: _LoopState, reader: Inbox, blocking: Coroutine[Any, Any, None]
+        self,
+        state: _LoopState,
+        reader: Inbox,
+        read: Callable[[asyncio.Future[None]], Coroutine[Any, Any, None]],
     ) -> None:
-        """Run ``blocking`` (a blocking read of ``reader``'s stream) in a task of
-        the reader's own, or join the one already running (``blocking`` is then
-        discarded unstarted).
+        """Run ``read(done)`` (a blocking read of ``reader``'s stream, which
+        settles ``done`` once its result is in the buffers) in a task of the
+        reader's own, or join the read already under way.
 
         Cancellation point: the read consumes nothing, or hands what it read
         to the reader's buffers itself. It runs in its own task because
@@ -415,28 +419,42 @@ class BaseChannelLayer:
         runtime, a consumer closing) leaves the read running for the next
         receive of this stream instead of costing a reconnect.
         """
-        task = reader.wait_task
-        if task is None or task.done():
-            # (Done but not yet forgotten: its callbacks run on the next loop
-            # turn, and shielding a done task would return without yielding.)
-            task = reader.wait_task = asyncio.ensure_future(blocking)
+        done = reader.read_done
+        if done is None or done.done():
+            done = reader.read_done = asyncio.get_running_loop().create_future()
+            done.add_done_callback(_retrieve)
+            task = reader.wait_task = asyncio.ensure_future(read(done))
             state.tasks.add(task)
             task.add_done_callback(_wait_done(state, reader))
-        else:
-            blocking.close()
-        await asyncio.shield(task)
+        await asyncio.shield(done)
 
-    async def _tail_into(self, state: _LoopState, reader: Inbox) -> None:
-        """Read past the last entry seen, into the buffers; delete it in the background."""
+    async def _wait_then(self, reader: Inbox, done: asyncio.Future[None]) -> None:
+        """Wait for an entry on ``reader``'s (normal) stream; its pop follows."""
+        try:
+            await self._wait(reader.stream, BLOCK_SECONDS)
+        except BaseException as exc:
+            _settle(done, exc)
+            raise
+        _settle(done)
+
+    async def _tail_into(
+        self, state: _LoopState, reader: Inbox, done: asyncio.Future[None]
+    ) -> None:
+        """Read past the last entry seen, into the buffers; then delete what was read."""
         position = state.tails.get(reader.stream)
         if position is None:
             position = state.tails[reader.stream] = TailPosition()
-        entries = await self._read(
-            reader.stream, position.start(), self.receive_batch, BLOCK_SECONDS
-        )
+        try:
+            entries = await self._read(
+                reader.stream, position.start(), self.receive_batch, BLOCK_SECONDS
+            )
+        except BaseException as exc:
+            _settle(done, exc)
+            raise
         if not entries:
+            _settle(done)
             return
-        # From here to the end nothing awaits: what was read reaches the buffers.
+        # From here to the delete nothing awaits: what was read reaches the buffers.
         self._observe_clock(int(entries[-1][0].split(b"-", 1)[0]))
         for entry_id, fields in entries:
             reader.distribute(entry_id, fields)
@@ -444,16 +462,15 @@ class BaseChannelLayer:
         if now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
             reader.sweep(now_ms)
         ids = position.read([entry_id for entry_id, _ in entries])
-        task = asyncio.ensure_future(self._delete_read(reader.stream, position, ids))
-        state.tasks.add(task)
-        task.add_done_callback(_forget_task(state))
-
-    async def _delete_read(self, stream: str, position: TailPosition, ids: list[bytes]) -> None:
+        _settle(done)  # the receives go on once this task yields...
+        # ...and it yields only once the delete is written (a pooled
+        # connection is at hand): whatever they send next reaches Redis after
+        # it. Its reply is waited for here, by no receive.
         try:
-            await self._delete(stream, ids)  # one round trip, off the message's path
+            await self._delete(reader.stream, ids)
         except Exception as exc:
             position.deleted(ids, ok=False)
-            logger.debug("deleting %d read entries of %s failed: %s", len(ids), stream, exc)
+            logger.debug("deleting %d read entries of %s failed: %s", len(ids), reader.stream, exc)
         else:
             position.deleted(ids, ok=True)
 
@@ -602,6 +619,24 @@ def _wait_done(state: _LoopState, reader: Inbox) -> Any:
             del state.readers[reader.stream]
 
     return done
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None = None) -> None:
+    if done.done():
+        return
+    if exc is None:
+        done.set_result(None)
+    elif isinstance(exc, asyncio.CancelledError):
+        done.cancel()
+    else:
+        done.set_exception(exc)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # Mark the exception retrieved: the receives that awaited it may all
+    # have been cancelled; each that did not handles it.
+    if not future.cancelled():
+        future.exception()
 
 
 def _forget_task(state: _LoopState) -> Any:

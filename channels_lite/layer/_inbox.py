@@ -54,8 +54,10 @@ class Inbox:
     # receives it has something for (not every receive of a busy process).
     waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
     handed: asyncio.Future[None] | None = None  # the parked receive told to fetch
-    # The blocking wait on the broker, shared by this stream's receives.
+    # The blocking read of the broker shared by this stream's receives, and
+    # the future it settles once what it read is in the buffers.
     wait_task: asyncio.Task[None] | None = None
+    read_done: asyncio.Future[None] | None = None
     # Channels whose owner is gone (forget), with when: late arrivals for
     # them are discarded instead of buffered.
     forgotten: dict[str, float] = field(default_factory=dict)

@@ -4,8 +4,11 @@ A process-specific stream (``name!``) has one reader: the event loop that
 owns the channels ``name!…``. So it need not be popped atomically: the reader
 follows it with a blocking ``XREAD`` from the last id it has seen, which
 returns the entries that woke it (one round trip, where a wait plus a pop took
-two), and deletes what it has read in the background, off the path of the
-message. This module is the bookkeeping of where to read from; it does no I/O.
+two), and then deletes what it has read. The delete is written before any
+receive that was waiting for those entries runs, so every command this
+process sends afterwards (a send that checks the stream's capacity, say)
+reaches Redis after it; but no receive waits for its reply. This module is
+the bookkeeping of where to read from; it does no I/O.
 
 Why the position falls back to the stream's start: once every delete has
 landed the stream holds only unread entries, so reading from ``0-0`` is
@@ -27,15 +30,15 @@ class TailPosition:
     """Where the next read of one stream starts, and what is left to delete."""
 
     after: bytes = START
-    deleting: int = 0
-    undeleted: list[bytes] = field(default_factory=list)
+    deleting: int = 0  # delete calls on their way
+    undeleted: list[bytes] = field(default_factory=list)  # failed deletes, to retry
 
     def start(self) -> bytes:
         """The id to read after."""
         return self.after if (self.deleting or self.undeleted) else START
 
     def read(self, ids: list[bytes]) -> list[bytes]:
-        """Entries ``ids`` were read; returns the ids to delete now (one call)."""
+        """Entries ``ids`` were read; returns the ids to delete now, in one call."""
         self.after = ids[-1]
         batch, self.undeleted = self.undeleted + ids, []
         self.deleting += 1
@@ -45,4 +48,4 @@ class TailPosition:
         """A delete of ``ids`` finished; failed ones go with the next delete."""
         self.deleting -= 1
         if not ok:
-            self.undeleted.extend(ids)
+            self.undeleted[:0] = ids
