@@ -95,6 +95,7 @@ def _log_options(fn: F) -> F:
         envvar="CHANNELS_LITE_LOG_LEVEL",
         show_default=True,
         show_envvar=True,
+        help="``debug``, ``info``, ``warning`` or ``error``.",
     )(fn)
 
 
