@@ -54,6 +54,7 @@ def find_chromium() -> str:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = find_chromium()
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
         browser = playwright.chromium.launch(
@@ -92,7 +93,6 @@ def say(page: Page, text: str, *, enter: bool = False) -> None:
 def test_two_pages_chat_through_two_workers(
     browser: Browser, deploy: Deploy, example: ChatExample
 ) -> None:
-    expect.set_options(timeout=TIMEOUT_MS)
     deployment = deploy(example.app, worker_args=example.worker_args("--concurrency", "1"))
     alice, alice_worker = open_chat(browser, deployment, "alice")
     bob, bob_worker = open_chat(browser, deployment, "bob")
