@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The package, from the sources only (see .dockerignore); the `examples`
-# extra adds what examples/hello_app.py needs (Starlette).
+# extra adds what the chat examples need (Starlette; Django and Channels).
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY channels_lite/ channels_lite/

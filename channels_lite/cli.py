@@ -7,6 +7,7 @@ surface. Bad values exit 2 with one line, as click does for usage errors.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -94,6 +95,7 @@ def _log_options(fn: F) -> F:
         envvar="CHANNELS_LITE_LOG_LEVEL",
         show_default=True,
         show_envvar=True,
+        help="``debug``, ``info``, ``warning`` or ``error``.",
     )(fn)
 
 
@@ -118,6 +120,13 @@ def worker_cmd(log_level: str, log_format: str, **params: Any) -> None:
     from worker.worker import Worker
 
     config = _config(WorkerConfig, params)
+    # The app's own clients (Django's CHANNEL_LAYERS, a Publisher) look for
+    # the broker where every channels-lite process does. Set it to the one
+    # this worker uses, however it was given (an option, `run`'s embedded
+    # broker): otherwise such an app would silently use another Redis and
+    # share no group with the rest of the deployment.
+    os.environ["CHANNELS_LITE_REDIS_URL"] = config.redis_url
+    os.environ["CHANNELS_LITE_PREFIX"] = config.prefix
     configure(log_level, log_format)
     _run(Worker(config))
 

@@ -1,11 +1,12 @@
-"""An external publisher: tells hello_app's chat room the time, every few seconds.
+"""An external publisher: tells a chat room the time, every few seconds.
 
-    python examples/publisher.py --interval 3
+    python examples/publisher.py --group chat-lobby --interval 3
 
 A separate service (a script, a cron job, a Django view...) that is not part
 of the deployment but reaches its WebSocket clients through Redis: it sends a
-``chat.message`` to the group ``chat``, which every ``/chat`` socket of
-``hello_app`` joined, so each open tab shows the line. Configured like every
+``chat.message`` to the group ``chat-lobby``, which every socket in the room
+``lobby`` of the chat examples (``starlette_chat``, ``django_chat``) joined,
+so each open tab shows the line. Configured like every
 channels-lite process, from the environment: ``CHANNELS_LITE_REDIS_URL`` (or
 ``REDIS_URL``), ``CHANNELS_LITE_PREFIX``. SIGTERM or Ctrl-C stops it (exit 0).
 """
@@ -26,7 +27,9 @@ logger = logging.getLogger("publisher")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--group", default="chat", help="group to send to (default: chat)")
+    parser.add_argument(
+        "--group", default="chat-lobby", help="group to send to (default: chat-lobby)"
+    )
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between messages")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -40,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     with Publisher() as publisher:  # settings from CHANNELS_LITE_* / REDIS_URL
         logger.info("publishing to group %r every %g s", args.group, args.interval)
         while not stop.is_set():
-            text = f"publisher: it is {datetime.now(UTC):%H:%M:%S} UTC"
+            text = f"it is {datetime.now(UTC):%H:%M:%S} UTC"
+            message = {"type": "chat.message", "name": "publisher", "text": text}
             try:
-                publisher.group_send(args.group, {"type": "chat.message", "text": text})
+                publisher.group_send(args.group, message)
             except ChannelsLiteError as exc:  # Redis restarting, say: try again next time
                 logger.warning("not sent: %s", exc)
             else:

@@ -269,18 +269,21 @@ def test_services_serve_the_example_app(services, redis_url, started):
     workers = [_service(services["worker"], redis_url) for _ in range(2)]  # --scale worker=2
     for worker in workers:
         started.append(worker)
-        worker.start(r"serving hello_app:app")
+        worker.start(r"serving starlette_chat:app")
     publisher = _service(services["publisher"], redis_url)
     started.append(publisher)
-    publisher.start(r"publishing to group 'chat'")
+    publisher.start(r"publishing to group 'chat-lobby'")
 
     response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
     assert response.status_code == 200
-    assert "Hello from channels-lite" in response.text
+    assert "<title>channels-lite chat</title>" in response.text
 
-    with connect(f"ws://127.0.0.1:{port}/chat", open_timeout=10) as ws:
-        # Joined the group: the publisher's next tick (every 3 s) reaches this socket.
-        assert ws.recv(timeout=10).startswith("publisher: it is ")
+    with connect(f"ws://127.0.0.1:{port}/ws/chat/lobby/?name=t", open_timeout=10) as ws:
+        # Joined the room: the publisher's next tick (every 3 s) reaches this socket.
+        while (event := json.loads(ws.recv(timeout=10)))["type"] != "message":
+            assert event["type"] in ("welcome", "join"), event
+        assert event["name"] == "publisher"
+        assert event["text"].startswith("it is ")
 
     for name, process in (("protocol-server", server), ("worker", workers[0])):
         assert _health(services[name], process.env, redis_url, port) == 0, name

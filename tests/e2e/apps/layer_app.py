@@ -24,6 +24,9 @@ async def whoami(request: Request) -> JSONResponse:
             "channel_name": request.scope.get("channel_name"),
             "has_layer": request.scope.get("channel_layer") is not None,
             "pid": os.getpid(),
+            # What the app's own clients (Django's CHANNEL_LAYERS, ...) read.
+            "env_redis_url": os.environ.get("CHANNELS_LITE_REDIS_URL"),
+            "env_prefix": os.environ.get("CHANNELS_LITE_PREFIX"),
         }
     )
 

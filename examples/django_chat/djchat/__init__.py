@@ -1,0 +1,1 @@
+"""The Django Channels chat example: see ``djchat.asgi``."""
