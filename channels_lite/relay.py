@@ -117,6 +117,7 @@ def make_layer(redis_url: str, prefix: str, *, max_message_size: int) -> Any:
             f"{WORKER_CHANNEL_PREFIX}.*": RELAY_CAPACITY,
         },
         max_message_size=max_message_size,
+        bundle_sends=True,
     )
 
 

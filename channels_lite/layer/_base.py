@@ -76,6 +76,8 @@ class Append:
     stream: str
     fields: dict[bytes, bytes]
     capacity: int
+    #: The message as ``(to, body)``, for a backend that bundles sends.
+    message: tuple[Sequence[str], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,7 @@ class BaseChannelLayer:
             self._stream_key(channel),
             wire.channel_message_fields((channel,), body),
             self.capacity_for(channel),
+            ((channel,), body),
         )
         (added,), expired = await self._append([append])
         self._counters.expired += expired
@@ -234,11 +237,13 @@ class BaseChannelLayer:
         appends = []
         for channel, message in items:
             check_channel(channel)
+            body = self._encode(message)
             appends.append(
                 Append(
                     self._stream_key(channel),
-                    wire.channel_message_fields((channel,), self._encode(message)),
+                    wire.channel_message_fields((channel,), body),
                     self.capacity_for(channel),
+                    ((channel,), body),
                 )
             )
         if not appends:
@@ -339,7 +344,9 @@ class BaseChannelLayer:
             for i in range(0, len(to), MAX_RECIPIENTS_PER_ENTRY)
         ]
         appends = [
-            Append(stream, wire.channel_message_fields(to, body), self.capacity_for(to[0]))
+            Append(
+                stream, wire.channel_message_fields(to, body), self.capacity_for(to[0]), (to, body)
+            )
             for stream, to in batches
         ]
         added, expired = await self._append(appends)
