@@ -10,19 +10,38 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from channels_lite import keys
+
+from ._procs import Process
 from .conftest import Deploy, Deployment
 
 pytestmark = pytest.mark.anyio
 
+T = TypeVar("T")
 BEAT = ("--heartbeat-interval", "0.3", "--heartbeat-timeout", "1.5")
+FAULT_APP = "faultapp:app"
+CONNECT = keys.connect_stream("asgi")
+
+
+@pytest.fixture
+async def rclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def _wait_file(path: Path, limit: float = 10.0) -> dict[str, object]:
@@ -41,28 +60,141 @@ def _deployment(deploy: Deploy, tmp_path: Path) -> Deployment:
     return deployment
 
 
+class _Background(Generic[T]):
+    """An awaitable run in a task group; ``await result()`` waits for its value."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup, awaitable: Awaitable[T]) -> None:
+        self._done = anyio.Event()
+        self._value: list[T] = []
+        tg.start_soon(self._run, awaitable)
+
+    async def _run(self, awaitable: Awaitable[T]) -> None:
+        self._value.append(await awaitable)
+        self._done.set()
+
+    async def result(self) -> T:
+        await self._done.wait()
+        return self._value[0]
+
+
+async def _wait_path(path: Path, limit: float = 10.0) -> None:
+    """Wait until another process has created ``path`` (no event crosses processes)."""
+    target = anyio.Path(path)
+    with anyio.fail_after(limit):
+        while not await target.exists():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+def _runs(directory: Path) -> dict[str, list[int]]:
+    """Which pids ran each request id (faultapp's ``runs.log``)."""
+    runs: dict[str, list[int]] = {}
+    log = directory / "runs.log"
+    for line in log.read_text().splitlines() if log.exists() else ():
+        request_id, pid = line.split()
+        runs.setdefault(request_id, []).append(int(pid))
+    return runs
+
+
+async def _request_loop(
+    client: httpx.AsyncClient, prefix: str, out: list[httpx.Response], stop: anyio.Event
+) -> None:
+    """Request ``/?id=PREFIX-N`` one after another until ``stop``."""
+    n = 0
+    while not stop.is_set():
+        out.append(await client.get(f"/?id={prefix}-{n}"))
+        n += 1
+
+
 async def test_request_in_progress_on_a_killed_worker_gets_502(
     deploy: Deploy, tmp_path: Path
 ) -> None:
-    deployment = _deployment(deploy, tmp_path)
-    doomed = deployment.workers[0]
-    async with httpx.AsyncClient(base_url=deployment.url, timeout=20) as client:
-        async with anyio.create_task_group() as tg:
-            result: list[httpx.Response] = []
+    """502 within the heartbeat timeout; the other worker serves on throughout.
 
-            async def request() -> None:
-                result.append(await client.post("/wait-disconnect?id=a", content=b"x"))
+    A client loop keeps requesting from before the kill until after the lost
+    request's 502: every one of those requests is answered 200, once.
+    """
+    deployment = deploy(app=None, server_args=BEAT)
+    env = {"E2E_DIR": str(tmp_path)}
+    # One slot: once it holds the doomed request, the doomed worker takes nothing else.
+    doomed = deployment.add_worker(FAULT_APP, *BEAT, "--concurrency", "1", env=env)
+    stream: list[httpx.Response] = []
+    async with (
+        httpx.AsyncClient(base_url=deployment.url, timeout=20) as client,
+        anyio.create_task_group() as tg,
+    ):
+        held = _Background(tg, client.post("/hold?id=held", content=b"x"))
+        await _wait_path(tmp_path / "started-held")
+        survivor = deployment.add_worker(FAULT_APP, *BEAT, env=env)
+        stop = anyio.Event()
+        tg.start_soon(_request_loop, client, "s", stream, stop)
+        killed_at = time.monotonic()
+        doomed.signal(signal.SIGKILL)
+        response = await held.result()
+        failed_after = time.monotonic() - killed_at
+        for n in range(5):  # and after it
+            stream.append(await client.get(f"/?id=after-{n}"))
+        stop.set()
+    assert response.status_code == 502
+    assert failed_after < 1.5 + 2.0  # heartbeat timeout + a check or two
+    assert len(stream) > 5
+    assert [r.status_code for r in stream] == [200] * len(stream)
+    assert {r.text.split()[1] for r in stream} == {str(survivor.pid)}
+    runs = _runs(tmp_path)
+    assert runs.pop("held") == [doomed.pid]  # started once, never run again
+    assert runs == {r.text.split()[0]: [survivor.pid] for r in stream}
 
-            tg.start_soon(request)
-            await _wait_file(tmp_path / "disconnect-a-started.json")
-            # A second worker to serve what follows, then the first dies.
-            deployment.add_worker("probe:app", *BEAT, env={"E2E_DIR": str(tmp_path)})
-            killed_at = time.monotonic()
-            doomed.signal(signal.SIGKILL)
-        assert result[0].status_code == 502
-        assert time.monotonic() - killed_at < 1.5 + 2.0  # heartbeat timeout + a check or two
-        # The surviving worker serves on.
-        assert (await client.get("/")).status_code == 200
+
+async def _stop_holding_an_offer(worker: Process, rclient: aioredis.Redis) -> None:
+    """SIGSTOP ``worker`` while it waits in XREADGROUP on the connect stream.
+
+    Redis then delivers the next offer to it: the entry is the worker's,
+    pending in the group, and the worker can neither start nor ack it. That
+    is "taken but not started", held by a worker that is as good as dead.
+    MONITOR shows the XREADGROUP as it is issued; the worker then blocks for
+    a second, so the stop lands well inside that wait.
+    """
+    async with rclient.monitor() as monitor:
+        with anyio.fail_after(10):
+            while True:
+                command = (await monitor.next_command())["command"]
+                if command.startswith("XREADGROUP") and CONNECT in command:
+                    break
+        worker.signal(signal.SIGSTOP)
+
+
+async def _assert_pending_for(rclient: aioredis.Redis, consumer: str) -> None:
+    """Wait for the offer, then check that it is pending for ``consumer`` alone."""
+    # XREAD (no group) from the start returns as soon as the stream holds the
+    # entry, which stays there until a worker acks and deletes it.
+    assert await rclient.xread({CONNECT: "0-0"}, count=1, block=5000)
+    pending = await rclient.xpending_range(CONNECT, keys.WORKERS_GROUP, "-", "+", 10)
+    assert [p["consumer"].decode() for p in pending] == [consumer], pending
+
+
+async def test_a_request_taken_by_a_killed_worker_is_served_by_another(
+    deploy: Deploy, tmp_path: Path, rclient: aioredis.Redis
+) -> None:
+    """Taken but not started: the entry is reclaimed and run once, by a live worker."""
+    deployment = deploy(app=None, server_args=BEAT)
+    env = {"E2E_DIR": str(tmp_path)}
+    args = (*BEAT, "--reclaim-idle", "1")
+    doomed = deployment.add_worker(FAULT_APP, *args, "--worker-id", "doomed", env=env)
+    async with (
+        httpx.AsyncClient(base_url=deployment.url, timeout=20) as client,
+        anyio.create_task_group() as tg,
+    ):
+        await _stop_holding_an_offer(doomed, rclient)
+        response = _Background(tg, client.get("/?id=queued"))
+        await _assert_pending_for(rclient, "doomed")
+        doomed.signal(signal.SIGKILL)
+        doomed.wait(5)
+        survivor = deployment.add_worker(FAULT_APP, *args, env=env)
+        survivor.wait_for("reclaimed connection .* from a worker that died")
+        result = await response.result()
+    assert (result.status_code, result.text) == (200, f"queued {survivor.pid}")
+    assert _runs(tmp_path) == {"queued": [survivor.pid]}
+    assert await rclient.xlen(CONNECT) == 0  # acked and deleted: nothing left behind
+    assert (await rclient.xpending(CONNECT, keys.WORKERS_GROUP))["pending"] == 0
 
 
 async def test_websocket_on_a_killed_worker_closes_1011(deploy: Deploy, tmp_path: Path) -> None:
