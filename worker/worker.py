@@ -183,8 +183,15 @@ class Worker:
             if not entries:
                 continue
             # Acked = started: from here on no other worker will run these.
-            await queue.ack([entry_id for entry_id, _ in entries])
+            held = await queue.ack_held(self.worker_id, [entry_id for entry_id, _ in entries])
             for entry_id, fields in entries:
+                if entry_id not in held:
+                    logger.warning(
+                        "connection %r was taken over by another worker while this one "
+                        "stalled; skipped",
+                        entry_id,
+                    )
+                    continue
                 connect = _decode_connect(entry_id, fields)
                 if connect is None:
                     continue

@@ -197,6 +197,36 @@ async def test_a_request_taken_by_a_killed_worker_is_served_by_another(
     assert (await rclient.xpending(CONNECT, keys.WORKERS_GROUP))["pending"] == 0
 
 
+async def test_a_stalled_worker_does_not_run_what_another_took_over(
+    deploy: Deploy, tmp_path: Path, rclient: aioredis.Redis
+) -> None:
+    """A worker that stalls past ``reclaim_idle`` and wakes up skips what was reclaimed.
+
+    From outside a stalled worker (SIGSTOP, a long GC or a blocked event
+    loop) looks dead, so its entry is reclaimed and run elsewhere. When it
+    wakes up it still has the entry Redis gave it: it must not run it too.
+    """
+    deployment = deploy(app=None, server_args=BEAT)
+    env = {"E2E_DIR": str(tmp_path)}
+    args = (*BEAT, "--reclaim-idle", "1")
+    stalled = deployment.add_worker(FAULT_APP, *args, "--worker-id", "stalled", env=env)
+    async with httpx.AsyncClient(base_url=deployment.url, timeout=20) as client:
+        async with anyio.create_task_group() as tg:
+            await _stop_holding_an_offer(stalled, rclient)
+            response = _Background(tg, client.get("/?id=queued"))
+            await _assert_pending_for(rclient, "stalled")
+            other = deployment.add_worker(FAULT_APP, *args, env=env)
+            result = await response.result()
+        assert (result.status_code, result.text) == (200, f"queued {other.pid}")
+        stalled.signal(signal.SIGCONT)
+        stalled.wait_for("taken over by another worker while this one stalled")
+        assert other.stop() == 0
+        # It serves on.
+        again = await client.get("/?id=later")
+        assert (again.status_code, again.text) == (200, f"later {stalled.pid}")
+    assert _runs(tmp_path) == {"queued": [other.pid], "later": [stalled.pid]}
+
+
 async def test_websocket_on_a_killed_worker_closes_1011(deploy: Deploy, tmp_path: Path) -> None:
     deployment = _deployment(deploy, tmp_path)
     async with connect(deployment.ws_url + "/ws") as ws:
