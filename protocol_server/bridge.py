@@ -42,6 +42,12 @@ class ServerContext:
     server_id: str
     #: Live bridges by the id of the worker running them, for the liveness watch.
     by_worker: dict[str, set[Bridge]] = field(default_factory=dict)
+    #: Of this server's connection channels, so that its inbox stream names
+    #: it (``ps.<server id>.<loop>!``): a worker that sees it gone deletes it.
+    channel_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel_prefix = f"{relay.SERVER_CHANNEL_PREFIX}.{self.server_id}"
 
     def worker_lost(self, worker_id: str) -> None:
         """Fail every connection of a worker that stopped beating."""
@@ -79,7 +85,7 @@ class Bridge:
         within ``queue_timeout`` (the offer is then withdrawn, so no worker
         will run it later).
         """
-        self.channel = await self.layer.new_channel(relay.SERVER_CHANNEL_PREFIX)
+        self.channel = await self.layer.new_channel(self.ctx.channel_prefix)
         connect = wire.Connect(
             conn=self.channel,
             reply_to=self.channel,

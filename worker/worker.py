@@ -50,6 +50,10 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
         self.tasks: TaskRunner | None = None
+        # The inbox channels (``ps.<id>.<loop>!``) of the protocol servers whose
+        # connections ran here, with when last: when one stops beating, its
+        # inbox is deleted at once instead of living on for its stream TTL.
+        self._inboxes: dict[str, dict[str, float]] = {}
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -100,7 +104,7 @@ class Worker:
                 # All live in the connections' group: they keep running while
                 # in-flight connections drain, and stop with them.
                 await connections.start(heartbeat.run)
-                connections.start_soon(self._watch_servers, heartbeat)
+                connections.start_soon(self._watch_servers, heartbeat, layer)
                 if registry is not None:
                     self.tasks = TaskRunner(
                         config,
@@ -128,23 +132,42 @@ class Worker:
         info["layer"] = {name: getattr(stats, name) for name in DROP_COUNTERS}
         return info
 
-    async def _watch_servers(self, heartbeat: Heartbeat) -> None:
-        """Give a disconnect to every app whose protocol server stopped beating."""
+    async def _watch_servers(self, heartbeat: Heartbeat, layer: RedisStreamsChannelLayer) -> None:
+        """Give a disconnect to every app whose protocol server stopped beating,
+        and delete that server's inbox stream."""
+        interval = self.config.heartbeat_interval
+        # An inbox not written for this long has expired by itself.
+        forget_after = layer.expiry + 10
+        reported: set[str] = set()
         while True:
-            await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
-            servers = {c.connect.server for c in self.connections if c.connect.server}
+            await anyio.sleep(interval)  # cancellation point
+            in_use = {c.connect.server for c in self.connections if c.connect.server}
+            now = anyio.current_time()
+            for server, inboxes in list(self._inboxes.items()):
+                if server not in in_use and now - max(inboxes.values()) > forget_after:
+                    del self._inboxes[server]
+            servers = in_use | self._inboxes.keys()
             if not servers:
                 continue
             try:
                 alive = await heartbeat.alive("ps", servers)  # one round trip
+                for connection in list(self.connections):
+                    if connection.connect.server and connection.connect.server not in alive:
+                        connection.peer_lost()
+                gone = servers - alive
+                for server in gone:
+                    # Deleted on every check until forgotten: a reply that was
+                    # on its way when the server died cannot bring it back.
+                    await layer.delete_streams(self._inboxes.get(server, ()))  # one round trip
+                    if server not in reported:
+                        logger.warning(
+                            "protocol server %s stopped beating; deleted its inbox", server
+                        )
+                reported = gone
             except (BrokerError, RedisError, OSError) as exc:
                 # Redis itself is unreachable: that says nothing about the
                 # protocol servers, so no connection is judged on it.
                 logger.debug("cannot check protocol servers: %s", exc)
-                continue
-            for connection in list(self.connections):
-                if connection.connect.server and connection.connect.server not in alive:
-                    connection.peer_lost()
 
     def stop(self) -> None:
         """Take no new connection or task; let in-flight ones finish (``shutdown_timeout``)."""
@@ -195,6 +218,9 @@ class Worker:
                 connect = _decode_connect(entry_id, fields)
                 if connect is None:
                     continue
+                if connect.server:
+                    inbox = connect.reply_to.partition("!")[0] + "!"
+                    self._inboxes.setdefault(connect.server, {})[inbox] = anyio.current_time()
                 self.active += 1
                 connection = AppConnection(
                     layer,

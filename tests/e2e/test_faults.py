@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -240,22 +241,61 @@ async def test_websocket_on_a_killed_worker_closes_1011(deploy: Deploy, tmp_path
 
 
 async def test_apps_of_a_killed_protocol_server_get_disconnect(
-    deploy: Deploy, tmp_path: Path
+    deploy: Deploy, tmp_path: Path, redis_url: str, rclient: aioredis.Redis
 ) -> None:
-    deployment = _deployment(deploy, tmp_path)
+    """Within the heartbeat timeout: disconnects, nothing in flight, no key of the server left."""
+    deployment = deploy(app=None, server_args=(*BEAT, "--server-id", "doomed-ps"))
+    env = {"E2E_DIR": str(tmp_path)}
+    worker = deployment.add_worker(FAULT_APP, *BEAT, "--worker-id", "wk1", env=env)
     server = deployment.servers[0]
 
     async def doomed_request() -> None:
         # The client's connection dies with the server: that error is expected.
         with contextlib.suppress(httpx.HTTPError):
             async with httpx.AsyncClient(base_url=deployment.url, timeout=20) as client:
-                await client.post("/wait-disconnect?id=b", content=b"x")
+                await client.post("/hold?id=held", content=b"x")
+
+    async def doomed_websocket(ready: anyio.Event) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async with connect(deployment.ws_url + "/ws?id=ws") as ws:
+                await ws.send("ping")
+                assert await ws.recv() == "ping"
+                ready.set()
+                await ws.recv()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(doomed_request)
-        await _wait_file(tmp_path / "disconnect-b-started.json")
+        ready = anyio.Event()
+        tg.start_soon(doomed_websocket, ready)
+        await ready.wait()
+        await _wait_path(tmp_path / "started-held")
+        # Its heartbeat and its inbox (workers answered it) name the server.
+        assert len(await rclient.keys("*doomed-ps*")) == 2
+        beat = keys.heartbeat("asgi", "wk", "wk1")
+        with anyio.fail_after(5):
+            while json.loads(await rclient.get(beat))["active"] < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.1)  # the next beat carries it
         killed_at = time.time()
         server.signal(signal.SIGKILL)
-        seen = await _wait_file(tmp_path / "disconnect-b.json")
-        tg.cancel_scope.cancel()  # the client's connection died with the server
-    assert float(seen["at"]) - killed_at < 1.5 + 2.0
+        http_seen = await _wait_file(tmp_path / "disconnect-held.json")
+        ws_seen = await _wait_file(tmp_path / "ws-ws.json")
+        tg.cancel_scope.cancel()  # the clients' connections died with the server
+    assert float(http_seen["at"]) - killed_at < 1.5 + 2.0
+    assert float(ws_seen["at"]) - killed_at < 1.5 + 2.0
+    assert ws_seen["code"] == 1006
+    # Nothing left in flight on the worker, as an operator sees it.
+    with anyio.fail_after(5):
+        while (status := await _status(redis_url))["processes"][0]["active"]:  # noqa: ASYNC110
+            await anyio.sleep(0.1)  # another process's counter: no event to wait on
+    assert [(p["role"], p["pid"]) for p in status["processes"]] == [("wk", worker.pid)]
+    # And no key names the dead server: its heartbeat expired, its inbox was deleted.
+    assert await rclient.keys("*doomed-ps*") == []
+    assert time.time() - killed_at < 1.5 + 3.0
+
+
+async def _status(redis_url: str) -> dict[str, Any]:
+    """``channels-lite status --json``, run as an operator runs it."""
+    argv = [sys.executable, "-m", "channels_lite", "status", "--json", "--redis-url", redis_url]
+    result = await anyio.run_process(argv)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
