@@ -38,6 +38,10 @@ CREDIT: Final = "cl.credit"
 #: cut the connection rather than let a truncated response look complete.
 ABORT: Final = "cl.abort"
 
+#: Worker to protocol server: the worker gave up on the connection (its
+#: heartbeat lapsed); answer 502 or close 1011 as if the worker had died.
+LOST: Final = "cl.lost"
+
 #: Key on a WebSocket message event that is a part of a larger message.
 MORE: Final = "cl.more"
 

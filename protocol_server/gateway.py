@@ -95,6 +95,7 @@ class Gateway:
                 "connections": sum(len(b) for b in ctx.by_worker.values()),
                 "layer": {name: getattr(ctx.layer.statistics(), name) for name in DROP_COUNTERS},
             },
+            on_lapse=lambda: self._lapsed(ctx),
         )
         # The lifespan task lives as long as the server: it carries the
         # heartbeat and the watch on workers, whichever server hosts us.
@@ -107,6 +108,23 @@ class Gateway:
             tg.cancel_scope.cancel()
         await self.shutdown()
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _lapsed(self, ctx: ServerContext) -> None:
+        """Our heartbeat lapsed: the workers have given up on our connections
+        (or Redis lost them). Fail each (502, 1011) and, in case its worker
+        did not notice, tell the worker the client is gone."""
+        notices: list[tuple[str, Message]] = []
+        for worker_id in list(ctx.by_worker):
+            for bridge in ctx.worker_lost(worker_id):
+                if bridge.scope["type"] == "http":
+                    notices.append((bridge.worker, {"type": "http.disconnect"}))
+                else:
+                    gone = {"type": "websocket.disconnect", "code": 1011, "reason": ""}
+                    notices.append((bridge.worker, gone))
+        try:
+            await ctx.layer.send_many(notices)  # one round trip, best effort
+        except (BrokerError, RedisError, OSError) as exc:
+            logger.debug("cannot tell the workers: %s", exc)
 
     async def _watch_workers(self, ctx: ServerContext, heartbeat: Heartbeat) -> None:
         """Fail the connections of workers that stopped beating (502 or 1011)."""
