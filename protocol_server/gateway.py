@@ -130,14 +130,17 @@ class Gateway:
         """Fail the connections of workers that stopped beating (502 or 1011)."""
         while True:
             await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
-            if not ctx.by_worker:
+            # A snapshot: a worker whose first connection is claimed while
+            # the check is on its way was not checked, so is not judged.
+            checked = list(ctx.by_worker)
+            if not checked:
                 continue
             try:
-                alive = await heartbeat.alive("wk", ctx.by_worker)  # one round trip
+                alive = await heartbeat.alive("wk", checked)  # one round trip
             except (BrokerError, RedisError, OSError) as exc:
                 # Redis unreachable says nothing about the workers themselves.
                 logger.debug("cannot check workers: %s", exc)
                 continue
-            for worker_id in [w for w in ctx.by_worker if w not in alive]:
+            for worker_id in [w for w in checked if w not in alive]:
                 logger.warning("worker %s stopped beating; failing its connections", worker_id)
                 ctx.worker_lost(worker_id)

@@ -156,10 +156,12 @@ class Worker:
                 continue
             try:
                 alive = await heartbeat.alive("ps", servers)  # one round trip
-                for connection in list(self.connections):
-                    if connection.connect.server and connection.connect.server not in alive:
-                        connection.peer_lost()
+                # Only servers checked: a connection that arrived meanwhile
+                # from a server not in the snapshot is not judged.
                 gone = servers - alive
+                for connection in list(self.connections):
+                    if connection.connect.server in gone:
+                        connection.peer_lost()
                 for server in gone:
                     # Deleted on every check until forgotten: a reply that was
                     # on its way when the server died cannot bring it back.
