@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from channels_lite import relay, wire
+from channels_lite.exceptions import BrokerUnavailable
 from channels_lite.layer import RedisStreamsChannelLayer
 from channels_lite.layer.queue import WorkQueue
 
@@ -43,11 +44,22 @@ class ServerContext:
     server_id: str
     #: Live bridges by the id of the worker running them, for the liveness watch.
     by_worker: dict[str, set[Bridge]] = field(default_factory=dict)
+    #: Since when (anyio clock) offers fail because Redis is unreachable.
+    broker_down_since: float | None = None
 
-    def worker_lost(self, worker_id: str) -> None:
-        """Fail every connection of a worker that stopped beating."""
-        for bridge in list(self.by_worker.pop(worker_id, ())):
+    #: Of this server's connection channels, so that its inbox stream names
+    #: it (``ps.<server id>.<loop>!``): a worker that sees it gone deletes it.
+    channel_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel_prefix = f"{relay.SERVER_CHANNEL_PREFIX}.{self.server_id}"
+
+    def worker_lost(self, worker_id: str) -> list[Bridge]:
+        """Fail every connection of a worker that stopped beating; return them."""
+        bridges = list(self.by_worker.pop(worker_id, ()))
+        for bridge in bridges:
             bridge.worker_lost()
+        return bridges
 
 
 class WorkerLost(Exception):
@@ -80,9 +92,9 @@ class Bridge:
 
         Returns the claiming worker's channel, or None when no worker took it
         within ``queue_timeout`` (the offer is then withdrawn, so no worker
-        will run it later).
+        will run it later) or Redis is unreachable (503 either way).
         """
-        self.channel = await self.layer.new_channel(relay.SERVER_CHANNEL_PREFIX)
+        self.channel = await self.layer.new_channel(self.ctx.channel_prefix)
         connect = wire.Connect(
             conn=self.channel,
             reply_to=self.channel,
@@ -91,11 +103,26 @@ class Bridge:
             server=self.ctx.server_id,
         )
         fields = wire.encode(connect, max_size=self.layer.max_message_size)
-        entry_id = await self.ctx.queue.offer(fields)  # one round trip
+        try:
+            entry_id = await self.ctx.queue.offer(fields)  # one round trip
+        except BrokerUnavailable as exc:
+            # Redis is down or restarting: 503 at once rather than a hang.
+            if self.ctx.broker_down_since is None:
+                self.ctx.broker_down_since = anyio.current_time()
+                logger.warning("broker unreachable (%s); answering 503 until it is back", exc)
+            return None
+        if self.ctx.broker_down_since is not None:
+            down = anyio.current_time() - self.ctx.broker_down_since
+            logger.warning("broker reachable again after %.1fs; relaying again", down)
+            self.ctx.broker_down_since = None
         with anyio.move_on_after(self.ctx.config.queue_timeout):
             # Cancellation point: the layer keeps anything popped for us.
             return await self._wait_claim()
-        if await self.ctx.queue.cancel(entry_id):
+        try:
+            withdrawn = await self.ctx.queue.cancel(entry_id)
+        except BrokerUnavailable:
+            withdrawn = False  # not known: as if a worker held it
+        if withdrawn:
             return None
         # A worker holds the entry: its claim is on the way, or the worker
         # died and another will reclaim it. One more queue_timeout, no more.
@@ -118,6 +145,9 @@ class Bridge:
     async def _wait_claim(self) -> str:
         while True:
             message = await self._next()
+            if message["type"] == relay.LOST:
+                # The worker that took it gave up before its claim got here.
+                raise WorkerLost(f"conn {self.channel}: the worker gave up on it")
             if message["type"] == relay.CLAIM and isinstance(message.get("channel"), str):
                 self.worker = message["channel"]
                 worker_id = message.get("worker")
@@ -144,6 +174,8 @@ class Bridge:
                     await self.layer.send(loser, {"type": relay.DROP})
             elif kind == relay.ABORT:
                 raise ResponseAborted(f"conn {self.channel}: the app failed mid-response")
+            elif kind == relay.LOST:
+                self.worker_lost()  # the relay scope is cancelled at the next wait
             elif kind.startswith("cl."):
                 logger.debug("conn %s: unknown control message %r", self.channel, kind)
             else:

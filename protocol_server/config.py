@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,3 +100,9 @@ class Config:
             raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+        if self.server_id and not re.fullmatch(r"[A-Za-z0-9_\-]{1,40}", self.server_id):
+            # It names the server's channels: ps.<server_id>.<...>!<...>
+            raise ConfigError(
+                f"server_id must be 1 to 40 ASCII letters, digits, '-' or '_', "
+                f"not {self.server_id!r}"
+            )

@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 
 from channels_lite import relay, wire
+from channels_lite.exceptions import BrokerError
 from channels_lite.layer import BaseChannelLayer, RedisStreamsChannelLayer
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class AppConnection:
                     # not an error worth a traceback.
                     logger.debug("conn %s: the app sent to a client that had left", self.peer)
                     self._complete = True
+                except BrokerError:
+                    raise  # our send failed, not the app: Redis is gone (worker.py logs it)
                 except Exception:
                     logger.exception("conn %s: exception in ASGI application", self.peer)
                     await self._after_failure()

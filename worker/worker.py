@@ -27,7 +27,7 @@ from channels_lite.exceptions import BrokerError, WireError
 from channels_lite.layer import RedisStreamsChannelLayer
 from channels_lite.layer.heartbeat import Heartbeat
 from channels_lite.layer.inspect import DROP_COUNTERS
-from channels_lite.layer.queue import WorkQueue
+from channels_lite.layer.queue import Entry, WorkQueue
 
 from .config import Config
 from .connection import AppConnection
@@ -37,6 +37,9 @@ from .tasks import TaskRunner
 logger = logging.getLogger(__name__)
 
 _TAKE_BLOCK_MS = 1000
+#: Retry pacing while Redis is unreachable.
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 2.0
 
 
 class Worker:
@@ -50,6 +53,11 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
         self.tasks: TaskRunner | None = None
+        self._broker_down_since: float | None = None
+        # The inbox channels (``ps.<id>.<loop>!``) of the protocol servers whose
+        # connections ran here, with when last: when one stops beating, its
+        # inbox is deleted at once instead of living on for its stream TTL.
+        self._inboxes: dict[str, dict[str, float]] = {}
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -96,11 +104,12 @@ class Worker:
                     interval=config.heartbeat_interval,
                     timeout=config.heartbeat_timeout,
                     info=self._info,
+                    on_lapse=lambda: self._lapsed(layer),
                 )
                 # All live in the connections' group: they keep running while
                 # in-flight connections drain, and stop with them.
                 await connections.start(heartbeat.run)
-                connections.start_soon(self._watch_servers, heartbeat)
+                connections.start_soon(self._watch_servers, heartbeat, layer)
                 if registry is not None:
                     self.tasks = TaskRunner(
                         config,
@@ -128,23 +137,57 @@ class Worker:
         info["layer"] = {name: getattr(stats, name) for name in DROP_COUNTERS}
         return info
 
-    async def _watch_servers(self, heartbeat: Heartbeat) -> None:
-        """Give a disconnect to every app whose protocol server stopped beating."""
+    async def _watch_servers(self, heartbeat: Heartbeat, layer: RedisStreamsChannelLayer) -> None:
+        """Give a disconnect to every app whose protocol server stopped beating,
+        and delete that server's inbox stream."""
+        interval = self.config.heartbeat_interval
+        # An inbox not written for this long has expired by itself.
+        forget_after = layer.expiry + 10
+        reported: set[str] = set()
         while True:
-            await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
-            servers = {c.connect.server for c in self.connections if c.connect.server}
+            await anyio.sleep(interval)  # cancellation point
+            in_use = {c.connect.server for c in self.connections if c.connect.server}
+            now = anyio.current_time()
+            for server, inboxes in list(self._inboxes.items()):
+                if server not in in_use and now - max(inboxes.values()) > forget_after:
+                    del self._inboxes[server]
+            servers = in_use | self._inboxes.keys()
             if not servers:
                 continue
             try:
                 alive = await heartbeat.alive("ps", servers)  # one round trip
+                # Only servers checked: a connection that arrived meanwhile
+                # from a server not in the snapshot is not judged.
+                gone = servers - alive
+                for connection in list(self.connections):
+                    if connection.connect.server in gone:
+                        connection.peer_lost()
+                for server in gone:
+                    # Deleted on every check until forgotten: a reply that was
+                    # on its way when the server died cannot bring it back.
+                    await layer.delete_streams(self._inboxes.get(server, ()))  # one round trip
+                    if server not in reported:
+                        logger.warning(
+                            "protocol server %s stopped beating; deleted its inbox", server
+                        )
+                reported = gone
             except (BrokerError, RedisError, OSError) as exc:
                 # Redis itself is unreachable: that says nothing about the
                 # protocol servers, so no connection is judged on it.
                 logger.debug("cannot check protocol servers: %s", exc)
-                continue
-            for connection in list(self.connections):
-                if connection.connect.server and connection.connect.server not in alive:
-                    connection.peer_lost()
+
+    async def _lapsed(self, layer: RedisStreamsChannelLayer) -> None:
+        """Our heartbeat lapsed: the protocol servers have failed our connections
+        (or Redis lost them). Every app gets its disconnect and, in case its
+        protocol server did not notice, the server is told (502 or 1011)."""
+        notices: list[tuple[str, dict[str, Any]]] = []
+        for connection in list(self.connections):
+            connection.peer_lost()
+            notices.append((connection.peer, {"type": relay.LOST}))
+        try:
+            await layer.send_many(notices)  # one round trip, best effort
+        except (BrokerError, RedisError, OSError) as exc:
+            logger.debug("cannot tell the protocol servers: %s", exc)
 
     def stop(self) -> None:
         """Take no new connection or task; let in-flight ones finish (``shutdown_timeout``)."""
@@ -159,35 +202,41 @@ class Worker:
         connections: anyio.abc.TaskGroup,
     ) -> None:
         config = self.config
-        reclaim_every = config.reclaim_idle
-        next_reclaim = anyio.current_time() + reclaim_every
+        next_reclaim = anyio.current_time() + config.reclaim_idle
+        backoff = _BACKOFF_MIN
         while not self._stopping.is_set():
             free = config.concurrency - self.active
             if free <= 0:
                 with anyio.move_on_after(1):
                     await self._slot_freed.wait()  # cancellation point: holds nothing
                 continue
-            entries = []
-            if anyio.current_time() >= next_reclaim:
-                next_reclaim = anyio.current_time() + reclaim_every
-                entries = await queue.reclaim(
-                    self.worker_id, int(config.reclaim_idle * 1000), count=free
-                )
-                for entry_id, _ in entries:
-                    logger.warning("reclaimed connection %r from a worker that died", entry_id)
-            if not entries:
-                # Bounded block so stop() is noticed within a second. Entries
-                # Redis delivers are pending until acked below, so nothing is
-                # lost if this process dies in between.
-                entries = await queue.take(self.worker_id, free, _TAKE_BLOCK_MS)
-            if not entries:
+            reclaim = anyio.current_time() >= next_reclaim
+            if reclaim:
+                next_reclaim = anyio.current_time() + config.reclaim_idle
+            try:
+                entries = await self._take(queue, free, reclaim=reclaim)
+            except BrokerError as exc:
+                # Redis is down or restarting: wait it out, logged once each way.
+                if self._broker_down_since is None:
+                    self._broker_down_since = anyio.current_time()
+                    logger.warning(
+                        "cannot take connections, broker unreachable (%s); retrying", exc
+                    )
+                await anyio.sleep(backoff)  # cancellation point: holds nothing
+                backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
-            # Acked = started: from here on no other worker will run these.
-            await queue.ack([entry_id for entry_id, _ in entries])
-            for entry_id, fields in entries:
-                connect = _decode_connect(entry_id, fields)
+            if self._broker_down_since is not None:
+                down = anyio.current_time() - self._broker_down_since
+                logger.warning("taking connections again after %.1fs", down)
+                self._broker_down_since = None
+            backoff = _BACKOFF_MIN
+            for entry in entries:
+                connect = _decode_connect(*entry)
                 if connect is None:
                     continue
+                if connect.server:
+                    inbox = connect.reply_to.partition("!")[0] + "!"
+                    self._inboxes.setdefault(connect.server, {})[inbox] = anyio.current_time()
                 self.active += 1
                 connection = AppConnection(
                     layer,
@@ -201,13 +250,48 @@ class Worker:
                 )
                 connections.start_soon(self._run, connection)
 
+    async def _take(self, queue: WorkQueue, free: int, *, reclaim: bool) -> list[Entry]:
+        """Up to ``free`` entries, reclaimed from dead workers or new; acked (started).
+
+        Raises:
+            BrokerError: Redis failed; nothing taken is lost (pending until reclaimed).
+        """
+        entries = []
+        if reclaim:
+            idle_ms = int(self.config.reclaim_idle * 1000)
+            entries = await queue.reclaim(self.worker_id, idle_ms, count=free)
+            for entry_id, _ in entries:
+                logger.warning("reclaimed connection %r from a worker that died", entry_id)
+        if not entries:
+            # Bounded block so stop() is noticed within a second. Entries
+            # Redis delivers are pending until acked below, so nothing is
+            # lost if this process dies in between.
+            entries = await queue.take(self.worker_id, free, _TAKE_BLOCK_MS)
+        if not entries:
+            return []
+        # Acked = started: from here on no other worker will run these.
+        held = await queue.ack_held(self.worker_id, [entry_id for entry_id, _ in entries])
+        for entry_id, _ in entries:
+            if entry_id not in held:
+                logger.warning(
+                    "connection %r was taken over by another worker while this one "
+                    "stalled; skipped",
+                    entry_id,
+                )
+        return [entry for entry in entries if entry[0] in held]
+
     async def _run(self, connection: AppConnection) -> None:
         self.connections.add(connection)
         try:
             await connection.run()
-        except Exception:
-            # Relay failures (Redis gone mid-connection): log and go on serving.
-            logger.exception("conn %s: relay failed", connection.peer)
+        except Exception as exc:
+            errors = _leaves(exc)
+            if all(isinstance(error, BrokerError) for error in errors):
+                # Redis went away mid-connection: the connection is lost, the
+                # worker is not. One line, no traceback: it is not a bug.
+                logger.warning("conn %s: lost with the broker (%s)", connection.peer, errors[0])
+            else:
+                logger.exception("conn %s: relay failed", connection.peer)
         finally:
             self.connections.discard(connection)
             self.active -= 1
@@ -225,6 +309,13 @@ class Worker:
         if self.active:
             logger.warning("shutdown timeout: cancelling %d connection(s)", self.active)
         connections.cancel_scope.cancel()
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def _decode_connect(entry_id: bytes, fields: dict[bytes, bytes]) -> wire.Connect | None:
