@@ -81,11 +81,23 @@ class Bridge:
         self.relay_scope = anyio.CancelScope()
         # Body bytes sent to the worker that it has not yet consumed.
         self.in_flight = 0
-        self._credit = anyio.Event()
+        # Set when credit arrives; made only when someone waits for it.
+        self._credit: anyio.Event | None = None
         # Response bytes written to the client not yet credited to the worker.
         self._written = 0
         # Events of a batch from the worker not yet handled, in order.
         self._unread: deque[Message] = deque()
+
+    def _credit_event(self) -> anyio.Event:
+        if self._credit is None:
+            self._credit = anyio.Event()
+        return self._credit
+
+    def _release_credit(self) -> None:
+        """Wake whoever waits for credit (or to learn that none will come)."""
+        if self._credit is not None:
+            self._credit.set()
+            self._credit = None
 
     async def offer(self, first_events: tuple[Message, ...]) -> str | None:
         """Offer the connection to the workers and wait for a claim.
@@ -164,8 +176,7 @@ class Bridge:
             kind = message["type"]
             if kind == relay.CREDIT:
                 self.in_flight = max(0, self.in_flight - int(message.get("bytes", 0)))
-                self._credit.set()
-                self._credit = anyio.Event()
+                self._release_credit()
             elif kind == relay.CLAIM:
                 # A second worker claims what the first already has: the
                 # protocol server is the authority, the first claim won.
@@ -186,7 +197,7 @@ class Bridge:
         size = relay.payload_size(event)
         while self.in_flight and self.in_flight + size > self.ctx.config.flow_window:
             # Cancellation point: waiting for credit holds nothing.
-            await self._credit.wait()
+            await self._credit_event().wait()
         self.in_flight += size
         await self.layer.send(self.worker, event)
 

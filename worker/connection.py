@@ -62,7 +62,8 @@ class AppConnection:
         self._inbox_ready: anyio.Event | None = None
         self._initial = list(connect.events)
         self._in_flight = 0  # response bytes sent, not yet credited
-        self._credit = anyio.Event()
+        # Set when credit arrives; made only when someone waits for it.
+        self._credit: anyio.Event | None = None
         self._consumed = 0  # request bytes the app read, not yet credited
         self._started = False  # http.response.start / websocket.accept sent
         self._complete = False  # response finished / socket closed by the app
@@ -80,6 +81,17 @@ class AppConnection:
         self._tasks = tasks
         self._app_scope = anyio.CancelScope()  # cancelled on a drop
         self._pump_scope: anyio.CancelScope | None = None  # set once the pump runs
+
+    def _credit_event(self) -> anyio.Event:
+        if self._credit is None:
+            self._credit = anyio.Event()
+        return self._credit
+
+    def _release_credit(self) -> None:
+        """Wake whoever waits for credit (or to learn that none will come)."""
+        if self._credit is not None:
+            self._credit.set()
+            self._credit = None
 
     async def run(self) -> None:
         """Claim the connection and run the app to completion. Never raises app errors."""
@@ -242,7 +254,7 @@ class AppConnection:
         while not self._gone and self._in_flight and self._in_flight + size > self.window:
             self._start_pump()  # credit comes through it
             # Cancellation point: waiting for the protocol server to write.
-            await self._credit.wait()
+            await self._credit_event().wait()
         self._in_flight += size
 
     # ------------------------------------------------------------------
@@ -324,8 +336,7 @@ class AppConnection:
         else:
             event = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         self._gone = True
-        self._credit.set()
-        self._credit = anyio.Event()
+        self._release_credit()
         self._deliver(event)
 
     def _deliver(self, message: Message) -> None:
@@ -364,8 +375,7 @@ class AppConnection:
         kind = message["type"]
         if kind == relay.CREDIT:
             self._in_flight = max(0, self._in_flight - int(message.get("bytes", 0)))
-            self._credit.set()
-            self._credit = anyio.Event()
+            self._release_credit()
         elif kind == relay.DROP:
             logger.warning("conn %s: claimed by another worker first; dropped", self.peer)
             self._complete = True
@@ -379,8 +389,7 @@ class AppConnection:
                 # no credit will come, so a send must not wait for it
                 # (uvicorn's send fails or does nothing at once, too).
                 self._gone = True
-                self._credit.set()
-                self._credit = anyio.Event()
+                self._release_credit()
             self._deliver(message)
         return True
 
