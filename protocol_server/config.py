@@ -27,6 +27,10 @@ class Config:
         ws_max_size: largest WebSocket message, bytes, in either direction.
         flow_window: body bytes in flight per connection and direction before
             the sender waits for the receiver to consume them.
+        header_timeout: seconds a client has to send a request's line and
+            headers (from connecting, or from the request's first byte);
+            beyond it 408 and the connection is closed.
+        max_header_size: largest request line plus headers, bytes; beyond it 431.
         shutdown_timeout: seconds in-flight requests get to finish on SIGTERM.
         heartbeat_interval: seconds between this server's liveness beats.
         heartbeat_timeout: seconds of silence after which a process counts as
@@ -44,6 +48,8 @@ class Config:
     max_body_size: int = 128 * MiB
     ws_max_size: int = 1 * MiB
     flow_window: int = 1 * MiB
+    header_timeout: float = 10.0
+    max_header_size: int = 64 * 1024
     shutdown_timeout: float = 30.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
@@ -92,6 +98,8 @@ class Config:
             "max_body_size",
             "ws_max_size",
             "flow_window",
+            "header_timeout",
+            "max_header_size",
             "heartbeat_interval",
         ):
             check_positive(name, getattr(self, name))

@@ -11,8 +11,9 @@ HTTP (the path decides):
   test to create ``$E2E_DIR/release-ID`` (then answers 200 ``released``);
   at most 20 s.
 * ``/stream?mib=N&chunk=K``: N MiB of ``x`` in sends of K bytes (64 KiB by
-  default); the app notes when its last send returned (``stream-ID.json``
-  with ``&id=ID``), or that the client left (``{"left": true}``).
+  default), stopping early if its ``receive`` says the client left; with
+  ``&id=ID`` it records how much it sent and whether the client left
+  (``stream-ID.json``).
 * anything else: 200 with ``ok <method> <path> <body size>``.
 
 WebSocket:
@@ -35,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
+import anyio.lowlevel
 
 MiB = 1024 * 1024
 
@@ -90,7 +92,7 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/hold":
         await hold(scope, receive, send)
     elif path == "/stream":
-        await stream(scope, send)
+        await stream(scope, receive, send)
     else:
         size = 0
         while True:
@@ -131,11 +133,12 @@ async def hold(scope: dict[str, Any], receive: Any, send: Any) -> None:
         tg.cancel_scope.cancel()
 
 
-async def stream(scope: dict[str, Any], send: Any) -> None:
+async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     query = _query(scope)
     size = int(query.get("mib", 1)) * MiB
     chunk = b"x" * int(query.get("chunk", 65536))
     ident = query.get("id")
+    left = anyio.Event()
     await send(
         {
             "type": "http.response.start",
@@ -144,15 +147,24 @@ async def stream(scope: dict[str, Any], send: Any) -> None:
         }
     )
     sent = 0
-    try:
-        while sent < size:
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left.set()
+
+        tg.start_soon(watch)
+        while sent < size and not left.is_set():
             piece = chunk[: size - sent]
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             sent += len(piece)
-        await send({"type": "http.response.body", "body": b""})
-    finally:
-        if ident:
-            _record(f"stream-{ident}", {"sent": sent, "left": sent < size})
+            await anyio.lowlevel.checkpoint()  # let the watcher hear of a disconnect
+        if not left.is_set():
+            await send({"type": "http.response.body", "body": b""})
+        tg.cancel_scope.cancel()
+    if ident:
+        _record(f"stream-{ident}", {"sent": sent, "disconnected": left.is_set()})
 
 
 # ----------------------------------------------------------------------
