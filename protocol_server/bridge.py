@@ -68,6 +68,8 @@ class Bridge:
         self.relay_scope = anyio.CancelScope()
         # Body bytes sent to the worker that it has not yet consumed.
         self.in_flight = 0
+        # WebSocket messages (parts) sent to the worker the app has not taken.
+        self.queued = 0
         self._credit = anyio.Event()
         # Response bytes written to the client not yet credited to the worker.
         self._written = 0
@@ -119,6 +121,7 @@ class Bridge:
             kind = message["type"]
             if kind == relay.CREDIT:
                 self.in_flight = max(0, self.in_flight - int(message.get("bytes", 0)))
+                self.queued = max(0, self.queued - int(message.get("messages", 0)))
                 self._credit.set()
                 self._credit = anyio.Event()
             elif kind == relay.CLAIM:

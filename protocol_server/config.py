@@ -25,6 +25,9 @@ class Config:
         queue_timeout: seconds a new connection waits for a worker before 503.
         max_body_size: largest request body, bytes; beyond it 413.
         ws_max_size: largest WebSocket message, bytes, in either direction.
+        ws_max_queue: WebSocket messages from a client that the app has not
+            yet received; one more closes the connection with 1013 (try
+            again later) instead of buffering without end.
         flow_window: body bytes in flight per connection and direction before
             the sender waits for the receiver to consume them.
         header_timeout: seconds a client has to send a request's line and
@@ -47,6 +50,7 @@ class Config:
     queue_timeout: float = 10.0
     max_body_size: int = 128 * MiB
     ws_max_size: int = 1 * MiB
+    ws_max_queue: int = 1000
     flow_window: int = 1 * MiB
     header_timeout: float = 10.0
     max_header_size: int = 64 * 1024
@@ -97,6 +101,7 @@ class Config:
             "queue_timeout",
             "max_body_size",
             "ws_max_size",
+            "ws_max_queue",
             "flow_window",
             "header_timeout",
             "max_header_size",
