@@ -8,6 +8,8 @@ ways with credit-based flow control (see :mod:`channels_lite.relay`).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,9 @@ from .config import Config
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+
+#: Seconds between two log lines about connections refused for max_pending.
+_REJECT_LOG_INTERVAL = 10.0
 
 
 class ResponseAborted(Exception):
@@ -42,6 +47,23 @@ class ServerContext:
     server_id: str
     #: Live bridges by the id of the worker running them, for the liveness watch.
     by_worker: dict[str, set[Bridge]] = field(default_factory=dict)
+    #: Connections offered and waiting for a worker's claim (``max_pending``).
+    pending: int = 0
+    #: Connections refused because ``max_pending`` were waiting.
+    rejected: int = 0
+    _rejected_logged: float = -math.inf
+
+    def reject(self) -> None:
+        """Count a connection refused for ``max_pending``; log now and then, not each."""
+        self.rejected += 1
+        now = time.monotonic()
+        if now - self._rejected_logged >= _REJECT_LOG_INTERVAL:
+            self._rejected_logged = now
+            logger.warning(
+                "%d connections wait for a worker (max_pending); answering 503 (%d so far)",
+                self.pending,
+                self.rejected,
+            )
 
     def worker_lost(self, worker_id: str) -> None:
         """Fail every connection of a worker that stopped beating."""
@@ -79,8 +101,22 @@ class Bridge:
 
         Returns the claiming worker's channel, or None when no worker took it
         within ``queue_timeout`` (the offer is then withdrawn, so no worker
-        will run it later).
+        will run it later), or at once when ``max_pending`` connections of
+        this server are waiting already: a flood beyond what the workers
+        take is answered quickly rather than queued (in memory and on the
+        connect stream) until each one's timeout.
         """
+        ctx = self.ctx
+        if ctx.pending >= ctx.config.max_pending:
+            ctx.reject()
+            return None
+        ctx.pending += 1
+        try:
+            return await self._offer(first_events)
+        finally:
+            ctx.pending -= 1
+
+    async def _offer(self, first_events: tuple[Message, ...]) -> str | None:
         self.channel = await self.layer.new_channel(relay.SERVER_CHANNEL_PREFIX)
         connect = wire.Connect(
             conn=self.channel,

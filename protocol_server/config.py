@@ -23,6 +23,8 @@ class Config:
         bind: ``HOST:PORT`` to listen on.
         prefix: prefix of every Redis key; must match the workers'.
         queue_timeout: seconds a new connection waits for a worker before 503.
+        max_pending: connections offered to the workers and not yet taken; a
+            new one beyond it gets 503 at once instead of joining the wait.
         max_body_size: largest request body, bytes; beyond it 413.
         ws_max_size: largest WebSocket message, bytes, in either direction.
         ws_max_queue: WebSocket messages from a client that the app has not
@@ -48,6 +50,7 @@ class Config:
     bind: str = "127.0.0.1:8000"
     prefix: str = "asgi"
     queue_timeout: float = 10.0
+    max_pending: int = 1000
     max_body_size: int = 128 * MiB
     ws_max_size: int = 1 * MiB
     ws_max_queue: int = 1000
@@ -99,6 +102,7 @@ class Config:
         object.__setattr__(self, "port", port)
         for name in (
             "queue_timeout",
+            "max_pending",
             "max_body_size",
             "ws_max_size",
             "ws_max_queue",

@@ -9,18 +9,23 @@
   the byte window (the client's sends wait, nothing is lost); small or
   empty ones, which bytes alone would not bound, close the socket with
   1013 once the app is ``--ws-max-queue`` messages behind.
+* A flood of new connections beyond what the workers take: past
+  ``--max-pending`` waiting offers a connection gets 503 at once, and the
+  connect stream holds no more than that.
 
 Each test deploys its own processes on the test's Redis (``deploy``).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -29,7 +34,7 @@ import httpx
 import pytest
 import redis
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ._shared import wait_for_file
 from .conftest import Deploy
@@ -199,3 +204,61 @@ async def test_flood_of_large_messages_to_a_slow_app_is_held_back_and_loses_noth
     peaks.check("50 MiB of messages to an app reading nothing for 2 s")
     record = await wait_for_file(tmp_path / f"ws-{token}.json", seconds=20)
     assert (record["code"], record["count"]) == (1000, total)  # all of it, then the close
+
+
+# ----------------------------------------------------------------------
+# Connection floods
+
+
+def _heartbeat(raw: redis.Redis, role: str) -> dict[str, Any]:
+    [key] = raw.keys(f"asgi:hb:{role}:*")
+    beat: dict[str, Any] = json.loads(raw.get(key) or b"{}")
+    return beat
+
+
+async def test_connections_beyond_max_pending_get_503_at_once(
+    deploy: Deploy, raw: redis.Redis, tmp_path: Path
+) -> None:
+    deployment = deploy(
+        None,
+        server_args=("--max-pending", "5", "--queue-timeout", "20", "--heartbeat-interval", "0.2"),
+    )
+    async with httpx.AsyncClient(base_url=deployment.url, timeout=30) as client:
+        waiting: list[httpx.Response] = []
+        refused: list[tuple[int, float]] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait_for_a_worker(n: int) -> None:
+                waiting.append(await client.get(f"/early/{n}"))
+
+            for n in range(5):
+                tg.start_soon(wait_for_a_worker, n)
+            with anyio.fail_after(5):
+                while raw.xlen("asgi:connect") < 5:  # noqa: ASYNC110 (Redis: no event)
+                    await anyio.sleep(0.01)
+
+            async def flood(n: int) -> None:
+                started = time.monotonic()
+                response = await client.get(f"/flood/{n}")
+                refused.append((response.status_code, time.monotonic() - started))
+
+            with StreamLengths(raw) as streams:
+                async with anyio.create_task_group() as flooders:
+                    for n in range(50):
+                        flooders.start_soon(flood, n)
+                with pytest.raises(InvalidStatus) as denied:
+                    async with connect(deployment.ws_url + "/ws/echo", proxy=None):
+                        pass
+            assert denied.value.response.status_code == 503
+            # Now a worker: the five that waited are served.
+            deployment.add_worker("hostile:app", env=_worker_env(tmp_path))
+    assert sorted(r.text for r in waiting) == [f"ok GET /early/{n} 0" for n in range(5)]
+    assert [status for status, _ in refused] == [503] * 50
+    # At once, not after the 20 s queue timeout.
+    assert max(seconds for _, seconds in refused) < 5, refused
+    assert streams.longest.get("asgi:connect", 0) <= 5, streams.longest
+    deployment.servers[0].wait_for(r"wait for a worker \(max_pending\); answering 503")
+    # What the heartbeat (and so channels-lite status) reports.
+    with anyio.fail_after(5):
+        while (beat := _heartbeat(raw, "ps"))["pending"] or beat["rejected"] < 51:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
