@@ -207,7 +207,10 @@ async def ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
             reply["bytes"] = message["bytes"]
         else:
             reply["text"] = message.get("text", "")
-        await send(reply)
+        try:
+            await send(reply)
+        except OSError:
+            pass  # the client left meanwhile (ASGI: send raises); receive() says how
 
 
 async def ws_group(scope: dict[str, Any], receive: Any, send: Any) -> None:
