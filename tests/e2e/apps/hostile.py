@@ -28,6 +28,7 @@ WebSocket:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -207,10 +208,9 @@ async def ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
             reply["bytes"] = message["bytes"]
         else:
             reply["text"] = message.get("text", "")
-        try:
+        # The client may have left meanwhile (ASGI: send raises); receive() says how.
+        with contextlib.suppress(OSError):
             await send(reply)
-        except OSError:
-            pass  # the client left meanwhile (ASGI: send raises); receive() says how
 
 
 async def ws_group(scope: dict[str, Any], receive: Any, send: Any) -> None:
