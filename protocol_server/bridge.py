@@ -8,6 +8,8 @@ ways with credit-based flow control (see :mod:`channels_lite.relay`).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,9 @@ from .config import Config
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+
+#: Seconds between two log lines about connections refused for max_pending.
+_REJECT_LOG_INTERVAL = 10.0
 
 
 class ResponseAborted(Exception):
@@ -46,6 +51,23 @@ class ServerContext:
     by_worker: dict[str, set[Bridge]] = field(default_factory=dict)
     #: Since when (anyio clock) offers fail because Redis is unreachable.
     broker_down_since: float | None = None
+    #: Connections offered and waiting for a worker's claim (``max_pending``).
+    pending: int = 0
+    #: Connections refused because ``max_pending`` were waiting.
+    rejected: int = 0
+    _rejected_logged: float = -math.inf
+
+    def reject(self) -> None:
+        """Count a connection refused for ``max_pending``; log now and then, not each."""
+        self.rejected += 1
+        now = time.monotonic()
+        if now - self._rejected_logged >= _REJECT_LOG_INTERVAL:
+            self._rejected_logged = now
+            logger.warning(
+                "%d connections wait for a worker (max_pending); answering 503 (%d so far)",
+                self.pending,
+                self.rejected,
+            )
 
     #: Of this server's connection channels, so that its inbox stream names
     #: it (``ps.<server id>.<loop>!``): a worker that sees it gone deletes it.
@@ -81,6 +103,8 @@ class Bridge:
         self.relay_scope = anyio.CancelScope()
         # Body bytes sent to the worker that it has not yet consumed.
         self.in_flight = 0
+        # WebSocket messages (parts) sent to the worker the app has not taken.
+        self.queued = 0
         # Set when credit arrives; made only when someone waits for it.
         self._credit: anyio.Event | None = None
         # Response bytes written to the client not yet credited to the worker.
@@ -104,8 +128,23 @@ class Bridge:
 
         Returns the claiming worker's channel, or None when no worker took it
         within ``queue_timeout`` (the offer is then withdrawn, so no worker
-        will run it later) or Redis is unreachable (503 either way).
+        will run it later), or Redis is unreachable (503 either way), or at
+        once when ``max_pending`` connections of this server are waiting
+        already: a flood beyond what the workers take is answered quickly
+        rather than queued (in memory and on the connect stream) until each
+        one's timeout.
         """
+        ctx = self.ctx
+        if ctx.pending >= ctx.config.max_pending:
+            ctx.reject()
+            return None
+        ctx.pending += 1
+        try:
+            return await self._offer(first_events)
+        finally:
+            ctx.pending -= 1
+
+    async def _offer(self, first_events: tuple[Message, ...]) -> str | None:
         self.channel = await self.layer.new_channel(self.ctx.channel_prefix)
         connect = wire.Connect(
             conn=self.channel,
@@ -176,6 +215,7 @@ class Bridge:
             kind = message["type"]
             if kind == relay.CREDIT:
                 self.in_flight = max(0, self.in_flight - int(message.get("bytes", 0)))
+                self.queued = max(0, self.queued - int(message.get("messages", 0)))
                 self._release_credit()
             elif kind == relay.CLAIM:
                 # A second worker claims what the first already has: the

@@ -93,6 +93,8 @@ class Gateway:
             timeout=self.config.heartbeat_timeout,
             info=lambda: {
                 "connections": sum(len(b) for b in ctx.by_worker.values()),
+                "pending": ctx.pending,
+                "rejected": ctx.rejected,
                 "layer": {name: getattr(ctx.layer.statistics(), name) for name in DROP_COUNTERS},
             },
             on_lapse=lambda: self._lapsed(ctx),

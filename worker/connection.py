@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 Message = dict[str, Any]
 
 
+#: WebSocket messages an app reads before it credits them, even with more waiting.
+_MESSAGE_CREDIT_BATCH = 16
+
+
 class ClientDisconnected(OSError):
     """``send`` on a WebSocket whose client is gone (what uvicorn raises too)."""
 
@@ -65,6 +69,7 @@ class AppConnection:
         # Set when credit arrives; made only when someone waits for it.
         self._credit: anyio.Event | None = None
         self._consumed = 0  # request bytes the app read, not yet credited
+        self._consumed_messages = 0  # WebSocket messages (parts) read, not yet credited
         self._started = False  # http.response.start / websocket.accept sent
         self._complete = False  # response finished / socket closed by the app
         self._trailers = False  # the response announced trailers
@@ -164,8 +169,13 @@ class AppConnection:
             # The app closed the socket: what the client had sent before is
             # above; now the disconnect, with the app's code, as uvicorn does.
             return self._consume(self._closed)
-        if self._consumed and not self._inbox:
+        if (self._consumed or self._consumed_messages) and not self._inbox:
             # The app waits for more: credit what it read so the sender can go on.
+            await self._send_credit()
+        elif self._consumed_messages >= _MESSAGE_CREDIT_BATCH:
+            # An app that keeps up with a steady stream never finds its inbox
+            # empty: credit now and then anyway, or the protocol server would
+            # count it behind (ws_max_queue) and close the socket.
             await self._send_credit()
         if self._outbox and not self._inbox:
             # About to wait for the client: what the app posted must go first
@@ -184,11 +194,14 @@ class AppConnection:
             self._disconnect = message
             self._gone = True
         self._consumed += relay.payload_size(message)
+        if kind == "websocket.receive":
+            self._consumed_messages += 1
         return message
 
     async def _send_credit(self) -> None:
         amount, self._consumed = self._consumed, 0
-        await self._emit({"type": relay.CREDIT, "bytes": amount})
+        messages, self._consumed_messages = self._consumed_messages, 0
+        await self._emit({"type": relay.CREDIT, "bytes": amount, "messages": messages})
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from channels_lite import keys, relay, wire
 from channels_lite.exceptions import BrokerError, WireError
 from channels_lite.layer import RedisStreamsChannelLayer
+from channels_lite.layer._names import _channel_ok
 from channels_lite.layer.heartbeat import Heartbeat
 from channels_lite.layer.inspect import DROP_COUNTERS
 from channels_lite.layer.queue import Entry, WorkQueue
@@ -58,6 +59,9 @@ class Worker:
         # connections ran here, with when last: when one stops beating, its
         # inbox is deleted at once instead of living on for its stream TTL.
         self._inboxes: dict[str, dict[str, float]] = {}
+        self.relay_layer: RedisStreamsChannelLayer | None = None
+        #: Connect entries skipped as malformed (reported with the layer's counters).
+        self.malformed_connects = 0
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -80,6 +84,7 @@ class Worker:
         layer: RedisStreamsChannelLayer = relay.make_layer(
             config.redis_url, config.prefix, max_message_size=relay.CHUNK_SIZE + 64 * 1024
         )
+        self.relay_layer = layer
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
         # The layer apps see in scope["channel_layer"]: ordinary capacities,
         # the deployment's prefix, so groups are shared with Channels
@@ -133,8 +138,14 @@ class Worker:
         info: dict[str, Any] = {"active": self.active, "concurrency": self.config.concurrency}
         if self.tasks is not None:
             info["tasks"] = self.tasks.statistics()
-        stats = self.app_layer.statistics()  # the app's undelivered messages
-        info["layer"] = {name: getattr(stats, name) for name in DROP_COUNTERS}
+        # Undelivered messages of the app's layer and of the relay (whose
+        # inbox anyone with access to Redis can write garbage to), and
+        # connect entries that were not connections.
+        stats = [self.app_layer.statistics()]
+        if self.relay_layer is not None:
+            stats.append(self.relay_layer.statistics())
+        info["layer"] = {name: sum(getattr(s, name) for s in stats) for name in DROP_COUNTERS}
+        info["layer"]["malformed"] += self.malformed_connects
         return info
 
     async def _watch_servers(self, heartbeat: Heartbeat, layer: RedisStreamsChannelLayer) -> None:
@@ -231,8 +242,9 @@ class Worker:
                 self._broker_down_since = None
             backoff = _BACKOFF_MIN
             for entry in entries:
-                connect = _decode_connect(*entry)
+                connect = _decode_connect(queue.stream, *entry)
                 if connect is None:
+                    self.malformed_connects += 1
                     continue
                 if connect.server:
                     inbox = connect.reply_to.partition("!")[0] + "!"
@@ -318,18 +330,42 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _decode_connect(entry_id: bytes, fields: dict[bytes, bytes]) -> wire.Connect | None:
+def _decode_connect(
+    stream: str, entry_id: bytes, fields: dict[bytes, bytes]
+) -> wire.Connect | None:
+    """The connection an entry offers, or None (logged once, with the stream and id)."""
     try:
         envelope = wire.decode(fields)
     except WireError as exc:
-        logger.warning("skipped malformed connect entry %r: %s", entry_id, exc)
+        logger.warning("skipped malformed entry %r on %s: %s", entry_id, stream, exc)
         return None
     if not isinstance(envelope, wire.Connect):
         kind = type(envelope).__name__
-        logger.warning("skipped %s entry %r on the connect stream", kind, entry_id)
+        logger.warning("skipped %s entry %r on %s", kind, entry_id, stream)
         return None
-    if envelope.scope.get("type") not in ("http", "websocket"):
-        scope_type = envelope.scope.get("type")
-        logger.warning("skipped connect entry %r with scope type %r", entry_id, scope_type)
+    problem = _connect_problem(envelope)
+    if problem:
+        logger.warning("skipped entry %r on %s: %s", entry_id, stream, problem)
         return None
     return envelope
+
+
+def _connect_problem(connect: wire.Connect) -> str:
+    """What makes a well-formed entry no connection a worker can run, if anything.
+
+    The wire codec checks types of the envelope, not the scope's contents:
+    anyone who can write to Redis can offer a connection, and one without a
+    path or with a reply channel nobody could own would only fail later, in
+    the app or in the relay, with a traceback.
+    """
+    scope = connect.scope
+    if scope.get("type") not in ("http", "websocket"):
+        return f"scope type {scope.get('type')!r}"
+    if not _channel_ok(connect.reply_to) or "!" not in connect.reply_to:
+        return f"reply_to {connect.reply_to!r} is not a process-specific channel"
+    required = ("method", "path", "headers") if scope["type"] == "http" else ("path", "headers")
+    types = {"method": str, "path": str, "headers": list}
+    for key in required:
+        if not isinstance(scope.get(key), types[key]):
+            return f"scope without a valid {key!r}"
+    return ""

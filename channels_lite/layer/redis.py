@@ -39,7 +39,7 @@ from .. import keys, wire
 from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
-from ._names import check_channel
+from ._names import _channel_ok, check_channel
 
 __all__ = ["RedisStreamsChannelLayer"]
 
@@ -418,7 +418,28 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         reply = await self._call(
             _GROUP_MEMBERS(self._client_for(key), [key], [self._group_expiry_ms])
         )
-        return [m.decode() for m in reply]
+        members: list[str] = []
+        bad: list[bytes] = []
+        for raw in reply:
+            name = raw.decode(errors="replace")
+            if _channel_ok(name):
+                members.append(name)
+            else:
+                bad.append(raw)
+        if bad:
+            # The set is plain Redis data anyone can ZADD to: a member that is
+            # not a channel name must not fail the group_send of the others.
+            # Removed, so it is logged and counted once (one more round trip,
+            # only when there is garbage).
+            self._counters.malformed += len(bad)
+            logger.warning(
+                "group %s: removed %d member(s) that are not channel names: %r",
+                key,
+                len(bad),
+                bad[:10],
+            )
+            await self._call(self._client_for(key).zrem(key, *bad))
+        return members
 
     async def _flush_backend(self) -> None:
         for client in self._clients().clients:
