@@ -114,12 +114,15 @@ class Gateway:
             await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
             if not ctx.by_worker:
                 continue
+            # Only these are judged: a worker whose first connection here is
+            # claimed during the round trip was not asked about.
+            asked = list(ctx.by_worker)
             try:
-                alive = await heartbeat.alive("wk", ctx.by_worker)  # one round trip
+                alive = await heartbeat.alive("wk", asked)  # one round trip
             except (BrokerError, RedisError, OSError) as exc:
                 # Redis unreachable says nothing about the workers themselves.
                 logger.debug("cannot check workers: %s", exc)
                 continue
-            for worker_id in [w for w in ctx.by_worker if w not in alive]:
+            for worker_id in [w for w in asked if w not in alive and w in ctx.by_worker]:
                 logger.warning("worker %s stopped beating; failing its connections", worker_id)
                 ctx.worker_lost(worker_id)

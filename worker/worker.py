@@ -142,8 +142,11 @@ class Worker:
                 # protocol servers, so no connection is judged on it.
                 logger.debug("cannot check protocol servers: %s", exc)
                 continue
+            # Only the servers asked about are judged: a connection taken
+            # during the round trip may come from one that was not.
+            gone = servers - alive
             for connection in list(self.connections):
-                if connection.connect.server and connection.connect.server not in alive:
+                if connection.connect.server in gone:
                     connection.peer_lost()
 
     def stop(self) -> None:
