@@ -62,8 +62,6 @@ HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
 PY = sys.executable
 BODY = b"Hello, world!"
-#: What the soak's own kills look like in the exit codes.
-KILLED = -signal.SIGKILL
 
 
 def free_port() -> int:
