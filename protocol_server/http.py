@@ -178,6 +178,10 @@ class HttpBridge(Bridge):
             # uvicorn reports a disconnect as soon as the response is sent;
             # the worker is done with the connection and needs no message.
             return
+        if not self.worker:
+            # Lost before any claim (taken by a worker that died): there is
+            # no one to tell, and relaying is already cancelled.
+            return
         await self.layer.send(self.worker, {"type": "http.disconnect"})
         self.relay_scope.cancel()
 

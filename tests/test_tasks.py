@@ -30,6 +30,7 @@ from channels_lite import keys, wire
 from channels_lite.exceptions import ConfigError
 from channels_lite.layer import RedisStreamsChannelLayer
 from channels_lite.tasks import TaskContext, TaskRegistry
+from tests.vectors._convention import invalid_vector_files, load
 from worker.config import Config
 from worker.tasks import TaskRunner
 
@@ -437,6 +438,48 @@ async def test_bad_entries_are_dead_lettered_and_the_next_task_runs(
     logged = [r for r in caplog.records if bad_id.decode() in r.getMessage()]
     assert len(logged) == 1
     assert stream in logged[0].getMessage()
+    await assert_settled(raw, "jobs")
+
+
+def task_stream_vectors() -> list[dict[str, Any]]:
+    """The invalid vectors a task stream's reader can meet: task entries and entries
+    of no known kind (the sized ones need their own limit: the codec tests cover them)."""
+    vectors = [load(path) for path in invalid_vector_files()]
+    other_kinds = {k.encode().hex() for k in ("msg", "conn", "ev", "dead")}
+    return [v for v in vectors if v["entry"].get("k") not in other_kinds and "max_size" not in v]
+
+
+async def test_every_invalid_task_vector_is_dead_lettered_and_the_next_task_runs(
+    raw: aioredis.Redis, run_tasks: Any
+) -> None:
+    vectors = task_stream_vectors()
+    assert len(vectors) >= 20
+    registry = TaskRegistry()
+    ran: list[dict[str, Any]] = []
+    done = anyio.Event()
+
+    @registry.task("jobs")
+    async def job(message: dict[str, Any], ctx: TaskContext) -> None:
+        ran.append(message)
+        done.set()
+
+    stream = keys.task_stream(PREFIX, "jobs")
+    entries = [
+        {k.encode(): bytes.fromhex(v) for k, v in vector["entry"].items()} for vector in vectors
+    ]
+    async with run_tasks(registry) as runner:
+        ids = [(await raw.xadd(stream, fields)).decode() for fields in entries]  # type: ignore[arg-type]
+        await enqueue(raw, "jobs", {"type": "go"})
+        with anyio.fail_after(10):
+            await done.wait()
+    # Every one moved aside with its original bytes and the reason, none run.
+    by_id = {letter.entry_id: letter for letter in await dead_letters(raw)}
+    assert sorted(by_id) == sorted(ids)
+    for entry_id, fields, vector in zip(ids, entries, vectors, strict=True):
+        assert (by_id[entry_id].stream, by_id[entry_id].fields) == (stream, fields)
+        assert vector["reason"] in by_id[entry_id].error, vector["description"]
+    assert ran == [{"type": "go"}]
+    assert runner.statistics()["malformed"] == len(vectors)
     await assert_settled(raw, "jobs")
 
 

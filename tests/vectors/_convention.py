@@ -17,6 +17,8 @@ from typing import Any
 from channels_lite import wire
 
 HERE = Path(__file__).resolve().parent
+#: The negative vectors: entries a reader must refuse (see README.md here).
+INVALID_DIR = HERE / "invalid"
 TAGS = ("$bytes", "$int", "$datetime", "$map")
 
 
@@ -70,6 +72,10 @@ def envelope(spec: dict[str, Any]) -> wire.Envelope:
 
 def vector_files() -> list[Path]:
     return sorted(HERE.glob("*.json"))
+
+
+def invalid_vector_files() -> list[Path]:
+    return sorted(INVALID_DIR.glob("*.json"))
 
 
 def load(path: Path) -> dict[str, Any]:

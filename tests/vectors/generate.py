@@ -1,5 +1,9 @@
 """Write the test vectors of this folder from their inputs, with ``channels_lite.wire``.
 
+Valid vectors (``*.json``) come from ``VECTORS`` below, encoded by the codec;
+invalid ones (``invalid/*.json``) from ``_invalid.INVALID``, built by hand,
+and checked to be refused by the codec before they are written.
+
 Run once per new vector (``python -m tests.vectors.generate``); it never
 overwrites a vector that exists, because the committed files, not this
 script, are the source of truth: ``tests/test_vectors.py`` fails if the codec
@@ -12,10 +16,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from channels_lite import wire
-from tests.vectors._convention import HERE, envelope
+from channels_lite.exceptions import WireError
+from tests.vectors._convention import HERE, INVALID_DIR, envelope
+from tests.vectors._invalid import INVALID
 
 
 def b(hex_: str) -> dict[str, str]:
@@ -190,8 +197,41 @@ VECTORS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def main() -> int:
+def write(path: Path, vector: dict[str, Any]) -> None:
+    path.write_text(json.dumps(vector, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {path.relative_to(HERE)}")
+
+
+def write_invalid() -> int:
     written = 0
+    INVALID_DIR.mkdir(exist_ok=True)
+    for name, spec in INVALID.items():
+        path = INVALID_DIR / f"{name}.json"
+        if path.exists():
+            continue
+        fields = {k.encode("ascii"): v for k, v in spec.entry.items()}
+        limit = spec.max_size if spec.max_size is not None else wire.DEFAULT_MAX_SIZE
+        try:
+            wire.decode(fields, max_size=limit)
+        except WireError as exc:
+            if spec.reason not in str(exc):
+                raise SystemExit(f"{name}: refused, but for another reason: {exc}") from None
+        else:
+            raise SystemExit(f"{name}: the codec accepts it; it is not an invalid vector")
+        vector: dict[str, Any] = {
+            "description": spec.description,
+            "entry": {k: v.hex() for k, v in spec.entry.items()},
+        }
+        if spec.max_size is not None:
+            vector["max_size"] = spec.max_size
+        vector.update(error="WireError", reason=spec.reason)
+        write(path, vector)
+        written += 1
+    return written
+
+
+def main() -> int:
+    written = write_invalid()
     for name, (description, spec) in VECTORS.items():
         path = HERE / f"{name}.json"
         if path.exists():
@@ -202,8 +242,7 @@ def main() -> int:
             "input": spec,
             "expected": {k.decode("ascii"): v.hex() for k, v in fields.items()},
         }
-        path.write_text(json.dumps(vector, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {path.name}")
+        write(path, vector)
         written += 1
     print(f"{written} vector(s) written; existing ones left alone")
     return 0

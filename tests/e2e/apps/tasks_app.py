@@ -7,6 +7,9 @@ every run, whichever worker made it.
 * ``hold``: records ``start`` (pid, attempts); on the first run
   (``attempts == 0``) it waits until the test creates ``$E2E_DIR/release``
   (at most 30 s), so it can be killed mid-run; then records ``done``.
+* ``flaky``: records ``run`` (pid, attempts, id, whether fixed) and raises
+  ``RuntimeError`` unless the test has created ``$E2E_DIR/fixed``: a task
+  that keeps failing until someone fixes what it depends on.
 * ``broadcast``: ``group_send`` of ``{"type": "chat.message", "text": ...}`` to
   the group ``room`` (what ``layer_app``'s WebSockets join).
 """
@@ -45,3 +48,11 @@ async def hold(message: dict[str, Any], ctx: TaskContext) -> None:
 @tasks.task("broadcast")
 async def broadcast(message: dict[str, Any], ctx: TaskContext) -> None:
     await ctx.channel_layer.group_send("room", {"type": "chat.message", "text": message["text"]})
+
+
+@tasks.task("flaky")
+async def flaky(message: dict[str, Any], ctx: TaskContext) -> None:
+    fixed = await (anyio.Path(os.environ["E2E_DIR"]) / "fixed").exists()
+    _record("flaky", event="run", attempts=ctx.attempts, id=message["id"], fixed=fixed)
+    if not fixed:
+        raise RuntimeError(f"flaky {message['id']}: not fixed yet")
