@@ -10,6 +10,7 @@ from typing import Any
 
 from channels_lite.config import DEFAULT_REDIS_URL, check_positive, parse_bind
 from channels_lite.exceptions import ConfigError
+from channels_lite.sealing import keyring_from_settings
 
 MiB = 1024 * 1024
 
@@ -35,6 +36,12 @@ class Config:
         http: uvicorn's HTTP implementation (``httptools`` or ``h11``).
         ws: uvicorn's WebSocket implementation (``websockets``, ``wsproto``, ...).
         server_id: this process's id in Redis (random when empty).
+        keys: the deployment's shared keys, ``id:base64key[,id:base64key...]``:
+            every entry is written sealed with the first and must be sealed with
+            one of them to be read (others are refused as malformed). Prefer
+            the environment variable to the option: a command line is public.
+        seal: how entries are sealed with ``keys``: ``sign`` (HMAC-SHA256) or
+            ``encrypt`` (AES-256-GCM, needs ``channels-lite[crypto]``).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -50,6 +57,8 @@ class Config:
     http: str = "httptools"
     ws: str = "websockets-sansio"
     server_id: str = ""
+    keys: str = ""
+    seal: str = "sign"
     host: str = field(init=False, repr=False)
     port: int = field(init=False, repr=False)
 
@@ -99,3 +108,4 @@ class Config:
             raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+        keyring_from_settings(self.keys, self.seal)  # refuse a bad keyring now

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from functools import partial
 from typing import Any
 
 import anyio
@@ -70,13 +71,19 @@ class Worker:
             logger.warning("task registry %s declares no task channel", config.tasks)
             registry = None
         layer: RedisStreamsChannelLayer = relay.make_layer(
-            config.redis_url, config.prefix, max_message_size=relay.CHUNK_SIZE + 64 * 1024
+            config.redis_url,
+            config.prefix,
+            max_message_size=relay.CHUNK_SIZE + 64 * 1024,
+            keys=config.keys,
+            seal=config.seal,
         )
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
         # The layer apps see in scope["channel_layer"]: ordinary capacities,
         # the deployment's prefix, so groups are shared with Channels
         # consumers and external publishers on the same Redis.
-        self.app_layer = RedisStreamsChannelLayer(hosts=[config.redis_url], prefix=config.prefix)
+        self.app_layer = RedisStreamsChannelLayer(
+            hosts=[config.redis_url], prefix=config.prefix, keys=config.keys, seal=config.seal
+        )
         try:
             await queue.ensure_group()
             async with (
@@ -95,7 +102,7 @@ class Worker:
                     self.worker_id,
                     interval=config.heartbeat_interval,
                     timeout=config.heartbeat_timeout,
-                    info=self._info,
+                    info=partial(self._info, layer),
                 )
                 # All live in the connections' group: they keep running while
                 # in-flight connections drain, and stop with them.
@@ -119,13 +126,17 @@ class Worker:
                 await layer.close()
                 await self.app_layer.close()
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self, layer: RedisStreamsChannelLayer) -> dict[str, Any]:
         """Live counters for the heartbeat (``channels-lite status``)."""
         info: dict[str, Any] = {"active": self.active, "concurrency": self.config.concurrency}
         if self.tasks is not None:
             info["tasks"] = self.tasks.statistics()
-        stats = self.app_layer.statistics()  # the app's undelivered messages
-        info["layer"] = {name: getattr(stats, name) for name in DROP_COUNTERS}
+        # Undelivered messages: the app's, and the relay's (refused entries
+        # on this worker's inbox and the connect stream count as malformed).
+        stats, relay_stats = self.app_layer.statistics(), layer.statistics()
+        info["layer"] = {
+            name: getattr(stats, name) + getattr(relay_stats, name) for name in DROP_COUNTERS
+        }
         return info
 
     async def _watch_servers(self, heartbeat: Heartbeat) -> None:
@@ -185,8 +196,9 @@ class Worker:
             # Acked = started: from here on no other worker will run these.
             await queue.ack([entry_id for entry_id, _ in entries])
             for entry_id, fields in entries:
-                connect = _decode_connect(entry_id, fields)
+                connect = _decode_connect(layer, queue.stream, entry_id, fields)
                 if connect is None:
+                    layer.note_malformed()
                     continue
                 self.active += 1
                 connection = AppConnection(
@@ -227,9 +239,11 @@ class Worker:
         connections.cancel_scope.cancel()
 
 
-def _decode_connect(entry_id: bytes, fields: dict[bytes, bytes]) -> wire.Connect | None:
+def _decode_connect(
+    layer: RedisStreamsChannelLayer, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
+) -> wire.Connect | None:
     try:
-        envelope = wire.decode(fields)
+        envelope = wire.decode(layer.unseal(stream, fields))
     except WireError as exc:
         logger.warning("skipped malformed connect entry %r: %s", entry_id, exc)
         return None

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys, wire
 from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
+from ..sealing import keyring_from_env
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
 
@@ -121,6 +122,14 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         channel_capacity: glob or regex patterns to capacities; first match wins.
         max_message_size: largest encoded message body, bytes.
         receive_batch: most entries one pop takes from a process-specific stream.
+        keys: the deployment's keyring, ``id:base64key[,...]`` (the first
+            writes, all read): entries are sealed, and unsealed ones refused.
+            ``None`` reads ``CHANNELS_LITE_KEYS``; ``""`` means no keyring.
+        seal: ``sign`` or ``encrypt`` (``channels-lite[crypto]``); ``None``
+            reads ``CHANNELS_LITE_SEAL``, else ``sign``.
+
+    Raises:
+        ConfigError: a bad setting, including a malformed keyring.
     """
 
     _outage_errors = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -135,6 +144,8 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = wire.DEFAULT_MAX_SIZE,
         receive_batch: int = 100,
+        keys: str | None = None,
+        seal: str | None = None,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -144,6 +155,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
             receive_batch=receive_batch,
+            keyring=keyring_from_env(keys, seal),
         )
         self.hosts = _parse_hosts(hosts)
         # Abandoned streams vanish once everything in them would have expired.
