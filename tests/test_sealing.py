@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import sys
 
 import pytest
 
@@ -218,9 +219,7 @@ def test_settings() -> None:
 
 def test_encrypt_without_the_extra_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # As if `cryptography` were not installed: its import fails.
-    monkeypatch.setitem(
-        __import__("sys").modules, "cryptography.hazmat.primitives.ciphers.aead", None
-    )
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
     with pytest.raises(ConfigError, match=r"channels-lite\[crypto\]"):
         Keyring(KEY_A, "encrypt")
     signer = Keyring(KEY_A, "sign")  # signing needs only the standard library

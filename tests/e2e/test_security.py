@@ -143,10 +143,11 @@ async def test_tls_with_a_private_ca(redis_factory: Callable[..., RedisServer], 
     await exercise(start(server.url))
 
 
+@pytest.mark.parametrize("mode", ["sign", "encrypt"])
 async def test_keyring_in_every_process_refuses_what_others_wrote(
-    redis_url: str, start: Any
+    redis_url: str, start: Any, mode: str
 ) -> None:
-    env = {"CHANNELS_LITE_KEYS": KEYRING}
+    env = {"CHANNELS_LITE_KEYS": KEYRING, "CHANNELS_LITE_SEAL": mode}
     deployment = start(redis_url, env)
     await exercise(deployment, env)
     raw = redis.Redis.from_url(redis_url)
