@@ -44,6 +44,10 @@ ABORT: Final = "cl.abort"
 #: Several messages in one, in order: ``{"type": BATCH, "events": [...]}``.
 BATCH: Final = "cl.batch"
 
+#: Worker to protocol server: the worker gave up on the connection (its
+#: heartbeat lapsed); answer 502 or close 1011 as if the worker had died.
+LOST: Final = "cl.lost"
+
 #: Key on a WebSocket message event that is a part of a larger message.
 MORE: Final = "cl.more"
 
@@ -121,6 +125,7 @@ def make_layer(
         max_message_size=max_message_size,
         keys=keys,
         seal=seal,
+        bundle_sends=True,
     )
 
 

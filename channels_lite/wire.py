@@ -163,6 +163,25 @@ def channel_message_fields(to: Sequence[str], body: bytes) -> dict[bytes, bytes]
     }
 
 
+#: Kind of an entry holding several channel messages for one process's stream.
+BUNDLE_KIND: Final = b"msgs"
+
+
+def bundle_fields(parts: Sequence[tuple[Sequence[str], bytes]]) -> dict[bytes, bytes]:
+    """Entry fields for several already-encoded messages bound for one stream.
+
+    ``d`` is an array of ``[to, body]`` pairs (``to`` an array of channel
+    names, ``body`` the message's msgpack bytes as ``bin``), delivered in
+    order. The runtime writes one when many connections of a process answer
+    at once (a broadcast): one entry instead of one per connection.
+    """
+    return {
+        _VERSION_FIELD: _VERSION_BYTES,
+        _KIND_FIELD: BUNDLE_KIND,
+        _DATA_FIELD: pack([[list(to), body] for to, body in parts]),
+    }
+
+
 def encode(envelope: Envelope, *, max_size: int = DEFAULT_MAX_SIZE) -> dict[bytes, bytes]:
     """Turn an envelope into stream-entry fields.
 
@@ -353,10 +372,11 @@ def _expect_str(payload: Mapping[str, Any], key: str) -> str:
 # Layer fast path: split an entry now, decode the body when it is delivered
 
 
-def split_channel_message(
+def split_channel_messages(
     fields: Mapping[bytes, bytes], *, max_size: int = DEFAULT_MAX_SIZE
-) -> tuple[tuple[str, ...], bytes]:
-    """Validate a channel-message entry and return ``(to, body)`` without decoding the body.
+) -> list[tuple[tuple[str, ...], bytes]]:
+    """Validate a channel-message (or bundle) entry and return its ``(to, body)``
+    pairs without decoding the bodies.
 
     The layer demultiplexes one entry to many local recipients and decodes the
     body once per delivery (each receiver gets its own dict), so decoding here
@@ -366,7 +386,8 @@ def split_channel_message(
     any message, and the recipient list of a large group has its own room.
 
     Raises:
-        WireError: the entry is not a well-formed version-1 channel message.
+        WireError: the entry is not a well-formed version-1 channel message
+            or bundle.
     """
     for name, value in fields.items():
         if len(value) > max_size:
@@ -376,16 +397,46 @@ def split_channel_message(
     version = fields.get(_VERSION_FIELD)
     if version != _VERSION_BYTES:
         raise WireError(f"unsupported wire version {version!r} (this reader speaks {VERSION})")
-    if fields.get(_KIND_FIELD) != ChannelMessage.KIND:
-        raise WireError(f"expected a channel message, got kind {fields.get(_KIND_FIELD)!r}")
-    raw_to = fields.get(_TO_FIELD)
+    kind = fields.get(_KIND_FIELD)
     body = fields.get(_DATA_FIELD)
+    if kind == BUNDLE_KIND:
+        if body is None:
+            raise WireError("bundle needs a 'd' field")
+        parts = unpack(body, max_size=max_size)
+        if not isinstance(parts, list) or not parts:
+            raise WireError("bundle 'd' must be a non-empty array")
+        out = []
+        for part in parts:
+            if not (isinstance(part, list) and len(part) == 2 and isinstance(part[1], bytes)):
+                raise WireError("bundle parts must be [to, body] pairs")
+            out.append((_names(part[0]), part[1]))
+        return out
+    if kind != ChannelMessage.KIND:
+        raise WireError(f"expected a channel message, got kind {kind!r}")
+    raw_to = fields.get(_TO_FIELD)
     if raw_to is None or body is None:
         raise WireError("channel message needs 'to' and 'd' fields")
-    to = unpack(raw_to, max_size=max_size)
+    return [(_names(unpack(raw_to, max_size=max_size)), body)]
+
+
+def split_channel_message(
+    fields: Mapping[bytes, bytes], *, max_size: int = DEFAULT_MAX_SIZE
+) -> tuple[tuple[str, ...], bytes]:
+    """:func:`split_channel_messages` for an entry that must hold one message.
+
+    Raises:
+        WireError: as there, or the entry is a bundle.
+    """
+    if fields.get(_KIND_FIELD) == BUNDLE_KIND:
+        raise WireError(f"expected a channel message, got kind {BUNDLE_KIND!r}")
+    ((to, body),) = split_channel_messages(fields, max_size=max_size)
+    return to, body
+
+
+def _names(to: object) -> tuple[str, ...]:
     if not isinstance(to, list) or not to or not all(isinstance(n, str) for n in to):
         raise WireError("'to' must be a non-empty array of strings")
-    return tuple(to), body
+    return tuple(to)
 
 
 def decode_message(body: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:

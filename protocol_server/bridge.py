@@ -8,6 +8,8 @@ ways with credit-based flow control (see :mod:`channels_lite.relay`).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import anyio
 
 from channels_lite import relay, wire
+from channels_lite.exceptions import BrokerUnavailable
 from channels_lite.layer import RedisStreamsChannelLayer
 from channels_lite.layer.queue import WorkQueue
 
@@ -23,6 +26,9 @@ from .config import Config
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+
+#: Seconds between two log lines about connections refused for max_pending.
+_REJECT_LOG_INTERVAL = 10.0
 
 
 class ResponseAborted(Exception):
@@ -43,11 +49,39 @@ class ServerContext:
     server_id: str
     #: Live bridges by the id of the worker running them, for the liveness watch.
     by_worker: dict[str, set[Bridge]] = field(default_factory=dict)
+    #: Since when (anyio clock) offers fail because Redis is unreachable.
+    broker_down_since: float | None = None
+    #: Connections offered and waiting for a worker's claim (``max_pending``).
+    pending: int = 0
+    #: Connections refused because ``max_pending`` were waiting.
+    rejected: int = 0
+    _rejected_logged: float = -math.inf
 
-    def worker_lost(self, worker_id: str) -> None:
-        """Fail every connection of a worker that stopped beating."""
-        for bridge in list(self.by_worker.pop(worker_id, ())):
+    def reject(self) -> None:
+        """Count a connection refused for ``max_pending``; log now and then, not each."""
+        self.rejected += 1
+        now = time.monotonic()
+        if now - self._rejected_logged >= _REJECT_LOG_INTERVAL:
+            self._rejected_logged = now
+            logger.warning(
+                "%d connections wait for a worker (max_pending); answering 503 (%d so far)",
+                self.pending,
+                self.rejected,
+            )
+
+    #: Of this server's connection channels, so that its inbox stream names
+    #: it (``ps.<server id>.<loop>!``): a worker that sees it gone deletes it.
+    channel_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel_prefix = f"{relay.SERVER_CHANNEL_PREFIX}.{self.server_id}"
+
+    def worker_lost(self, worker_id: str) -> list[Bridge]:
+        """Fail every connection of a worker that stopped beating; return them."""
+        bridges = list(self.by_worker.pop(worker_id, ()))
+        for bridge in bridges:
             bridge.worker_lost()
+        return bridges
 
 
 class WorkerLost(Exception):
@@ -69,20 +103,49 @@ class Bridge:
         self.relay_scope = anyio.CancelScope()
         # Body bytes sent to the worker that it has not yet consumed.
         self.in_flight = 0
-        self._credit = anyio.Event()
+        # WebSocket messages (parts) sent to the worker the app has not taken.
+        self.queued = 0
+        # Set when credit arrives; made only when someone waits for it.
+        self._credit: anyio.Event | None = None
         # Response bytes written to the client not yet credited to the worker.
         self._written = 0
         # Events of a batch from the worker not yet handled, in order.
         self._unread: deque[Message] = deque()
+
+    def _credit_event(self) -> anyio.Event:
+        if self._credit is None:
+            self._credit = anyio.Event()
+        return self._credit
+
+    def _release_credit(self) -> None:
+        """Wake whoever waits for credit (or to learn that none will come)."""
+        if self._credit is not None:
+            self._credit.set()
+            self._credit = None
 
     async def offer(self, first_events: tuple[Message, ...]) -> str | None:
         """Offer the connection to the workers and wait for a claim.
 
         Returns the claiming worker's channel, or None when no worker took it
         within ``queue_timeout`` (the offer is then withdrawn, so no worker
-        will run it later).
+        will run it later), or Redis is unreachable (503 either way), or at
+        once when ``max_pending`` connections of this server are waiting
+        already: a flood beyond what the workers take is answered quickly
+        rather than queued (in memory and on the connect stream) until each
+        one's timeout.
         """
-        self.channel = await self.layer.new_channel(relay.SERVER_CHANNEL_PREFIX)
+        ctx = self.ctx
+        if ctx.pending >= ctx.config.max_pending:
+            ctx.reject()
+            return None
+        ctx.pending += 1
+        try:
+            return await self._offer(first_events)
+        finally:
+            ctx.pending -= 1
+
+    async def _offer(self, first_events: tuple[Message, ...]) -> str | None:
+        self.channel = await self.layer.new_channel(self.ctx.channel_prefix)
         connect = wire.Connect(
             conn=self.channel,
             reply_to=self.channel,
@@ -91,11 +154,26 @@ class Bridge:
             server=self.ctx.server_id,
         )
         fields = wire.encode(connect, max_size=self.layer.max_message_size)
-        entry_id = await self.ctx.queue.offer(fields)  # one round trip
+        try:
+            entry_id = await self.ctx.queue.offer(fields)  # one round trip
+        except BrokerUnavailable as exc:
+            # Redis is down or restarting: 503 at once rather than a hang.
+            if self.ctx.broker_down_since is None:
+                self.ctx.broker_down_since = anyio.current_time()
+                logger.warning("broker unreachable (%s); answering 503 until it is back", exc)
+            return None
+        if self.ctx.broker_down_since is not None:
+            down = anyio.current_time() - self.ctx.broker_down_since
+            logger.warning("broker reachable again after %.1fs; relaying again", down)
+            self.ctx.broker_down_since = None
         with anyio.move_on_after(self.ctx.config.queue_timeout):
             # Cancellation point: the layer keeps anything popped for us.
             return await self._wait_claim()
-        if await self.ctx.queue.cancel(entry_id):
+        try:
+            withdrawn = await self.ctx.queue.cancel(entry_id)
+        except BrokerUnavailable:
+            withdrawn = False  # not known: as if a worker held it
+        if withdrawn:
             return None
         # A worker holds the entry: its claim is on the way, or the worker
         # died and another will reclaim it. One more queue_timeout, no more.
@@ -118,6 +196,9 @@ class Bridge:
     async def _wait_claim(self) -> str:
         while True:
             message = await self._next()
+            if message["type"] == relay.LOST:
+                # The worker that took it gave up before its claim got here.
+                raise WorkerLost(f"conn {self.channel}: the worker gave up on it")
             if message["type"] == relay.CLAIM and isinstance(message.get("channel"), str):
                 self.worker = message["channel"]
                 worker_id = message.get("worker")
@@ -134,8 +215,8 @@ class Bridge:
             kind = message["type"]
             if kind == relay.CREDIT:
                 self.in_flight = max(0, self.in_flight - int(message.get("bytes", 0)))
-                self._credit.set()
-                self._credit = anyio.Event()
+                self.queued = max(0, self.queued - int(message.get("messages", 0)))
+                self._release_credit()
             elif kind == relay.CLAIM:
                 # A second worker claims what the first already has: the
                 # protocol server is the authority, the first claim won.
@@ -144,6 +225,8 @@ class Bridge:
                     await self.layer.send(loser, {"type": relay.DROP})
             elif kind == relay.ABORT:
                 raise ResponseAborted(f"conn {self.channel}: the app failed mid-response")
+            elif kind == relay.LOST:
+                self.worker_lost()  # the relay scope is cancelled at the next wait
             elif kind.startswith("cl."):
                 logger.debug("conn %s: unknown control message %r", self.channel, kind)
             else:
@@ -154,7 +237,7 @@ class Bridge:
         size = relay.payload_size(event)
         while self.in_flight and self.in_flight + size > self.ctx.config.flow_window:
             # Cancellation point: waiting for credit holds nothing.
-            await self._credit.wait()
+            await self._credit_event().wait()
         self.in_flight += size
         await self.layer.send(self.worker, event)
 

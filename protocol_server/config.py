@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +25,19 @@ class Config:
         bind: ``HOST:PORT`` to listen on.
         prefix: prefix of every Redis key; must match the workers'.
         queue_timeout: seconds a new connection waits for a worker before 503.
+        max_pending: connections offered to the workers and not yet taken; a
+            new one beyond it gets 503 at once instead of joining the wait.
         max_body_size: largest request body, bytes; beyond it 413.
         ws_max_size: largest WebSocket message, bytes, in either direction.
+        ws_max_queue: WebSocket messages from a client that the app has not
+            yet received; one more closes the connection with 1013 (try
+            again later) instead of buffering without end.
         flow_window: body bytes in flight per connection and direction before
             the sender waits for the receiver to consume them.
+        header_timeout: seconds a client has to send a request's line and
+            headers (from connecting, or from the request's first byte);
+            beyond it 408 and the connection is closed.
+        max_header_size: largest request line plus headers, bytes; beyond it 431.
         shutdown_timeout: seconds in-flight requests get to finish on SIGTERM.
         heartbeat_interval: seconds between this server's liveness beats.
         heartbeat_timeout: seconds of silence after which a process counts as
@@ -48,9 +58,13 @@ class Config:
     bind: str = "127.0.0.1:8000"
     prefix: str = "asgi"
     queue_timeout: float = 10.0
+    max_pending: int = 1000
     max_body_size: int = 128 * MiB
     ws_max_size: int = 1 * MiB
+    ws_max_queue: int = 1000
     flow_window: int = 1 * MiB
+    header_timeout: float = 10.0
+    max_header_size: int = 64 * 1024
     shutdown_timeout: float = 30.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
@@ -98,9 +112,13 @@ class Config:
         object.__setattr__(self, "port", port)
         for name in (
             "queue_timeout",
+            "max_pending",
             "max_body_size",
             "ws_max_size",
+            "ws_max_queue",
             "flow_window",
+            "header_timeout",
+            "max_header_size",
             "heartbeat_interval",
         ):
             check_positive(name, getattr(self, name))
@@ -108,4 +126,10 @@ class Config:
             raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+        if self.server_id and not re.fullmatch(r"[A-Za-z0-9_\-]{1,40}", self.server_id):
+            # It names the server's channels: ps.<server_id>.<...>!<...>
+            raise ConfigError(
+                f"server_id must be 1 to 40 ASCII letters, digits, '-' or '_', "
+                f"not {self.server_id!r}"
+            )
         keyring_from_settings(self.keys, self.seal)  # refuse a bad keyring now

@@ -95,8 +95,11 @@ class Gateway:
             timeout=self.config.heartbeat_timeout,
             info=lambda: {
                 "connections": sum(len(b) for b in ctx.by_worker.values()),
+                "pending": ctx.pending,
+                "rejected": ctx.rejected,
                 "layer": {name: getattr(ctx.layer.statistics(), name) for name in DROP_COUNTERS},
             },
+            on_lapse=lambda: self._lapsed(ctx),
         )
         # The lifespan task lives as long as the server: it carries the
         # heartbeat and the watch on workers, whichever server hosts us.
@@ -110,18 +113,38 @@ class Gateway:
         await self.shutdown()
         await send({"type": "lifespan.shutdown.complete"})
 
+    async def _lapsed(self, ctx: ServerContext) -> None:
+        """Our heartbeat lapsed: the workers have given up on our connections
+        (or Redis lost them). Fail each (502, 1011) and, in case its worker
+        did not notice, tell the worker the client is gone."""
+        notices: list[tuple[str, Message]] = []
+        for worker_id in list(ctx.by_worker):
+            for bridge in ctx.worker_lost(worker_id):
+                if bridge.scope["type"] == "http":
+                    notices.append((bridge.worker, {"type": "http.disconnect"}))
+                else:
+                    gone = {"type": "websocket.disconnect", "code": 1011, "reason": ""}
+                    notices.append((bridge.worker, gone))
+        try:
+            await ctx.layer.send_many(notices)  # one round trip, best effort
+        except (BrokerError, RedisError, OSError) as exc:
+            logger.debug("cannot tell the workers: %s", exc)
+
     async def _watch_workers(self, ctx: ServerContext, heartbeat: Heartbeat) -> None:
         """Fail the connections of workers that stopped beating (502 or 1011)."""
         while True:
             await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
-            if not ctx.by_worker:
+            # A snapshot: a worker whose first connection is claimed while
+            # the check is on its way was not checked, so is not judged.
+            checked = list(ctx.by_worker)
+            if not checked:
                 continue
             try:
-                alive = await heartbeat.alive("wk", ctx.by_worker)  # one round trip
+                alive = await heartbeat.alive("wk", checked)  # one round trip
             except (BrokerError, RedisError, OSError) as exc:
                 # Redis unreachable says nothing about the workers themselves.
                 logger.debug("cannot check workers: %s", exc)
                 continue
-            for worker_id in [w for w in ctx.by_worker if w not in alive]:
+            for worker_id in [w for w in checked if w not in alive]:
                 logger.warning("worker %s stopped beating; failing its connections", worker_id)
                 ctx.worker_lost(worker_id)

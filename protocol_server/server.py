@@ -23,6 +23,7 @@ from channels_lite.exceptions import ChannelsLiteError
 
 from .config import Config
 from .gateway import Gateway
+from .http_protocols import uvicorn_http
 from .ws_protocols import uvicorn_ws
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,13 @@ class Server:
         sock = _bind(config.host, config.port)
         uv_config = uvicorn.Config(
             self.gateway,
-            http=config.http,
+            http=uvicorn_http(
+                config.http,
+                header_timeout=config.header_timeout,
+                max_header_size=config.max_header_size,
+            ),
+            # h11's own bound on an incomplete head (a 400) stays above ours (a 431).
+            h11_max_incomplete_event_size=2 * config.max_header_size,
             ws=uvicorn_ws(config.ws),
             lifespan="on",
             log_config=None,

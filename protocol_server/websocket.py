@@ -4,7 +4,10 @@ The ``websocket.connect`` event travels with the offer; the worker's app then
 accepts (optionally with a subprotocol and headers), denies with a close
 (403) or with an HTTP response (the ``websocket.http.response`` extension).
 Messages flow both ways under the same byte credit as HTTP bodies, so a
-flood from the client waits in uvicorn's bounded queue, not in Redis.
+flood from the client waits in uvicorn's bounded queue, not in Redis. The
+credit also counts messages: a flood of small (or empty) messages, which
+bytes alone would not bound, closes the socket with 1013 once the app is
+``ws_max_queue`` messages behind.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class WebSocketBridge(Bridge):
         self.receive = receive
         self.send = send
         self.accepted = False
+        self.overloaded = False  # the client ran ws_max_queue messages ahead
         self._joiner = Joiner()  # parts of a large message from the app
 
     async def run(self) -> None:
@@ -58,7 +62,9 @@ class WebSocketBridge(Bridge):
                 tg.start_soon(self._pump_client, tg.cancel_scope)
                 await self._pump_worker()
                 tg.cancel_scope.cancel()
-            if self.lost:
+            if self.overloaded:
+                await self._too_far_ahead()
+            elif self.lost:
                 if self.accepted:
                     await self.send({"type": "websocket.close", "code": 1011})
                 else:
@@ -77,6 +83,11 @@ class WebSocketBridge(Bridge):
                 else:
                     event["text"] = message.get("text", "")
                 for part in split_message(event):
+                    if self.queued >= self.ctx.config.ws_max_queue:
+                        self.overloaded = True
+                        relay_scope.cancel()  # run() closes with 1013
+                        return
+                    self.queued += 1
                     await self.to_worker(part)
             elif kind == "websocket.disconnect":
                 await self.to_worker(
@@ -128,6 +139,18 @@ class WebSocketBridge(Bridge):
         await self.send({"type": "websocket.close", "code": 1009, "reason": "message too big"})
         await self.layer.send(
             self.worker, {"type": "websocket.disconnect", "code": 1009, "reason": ""}
+        )
+
+    async def _too_far_ahead(self) -> None:
+        """The app is ``ws_max_queue`` messages behind the client: close with 1013."""
+        logger.warning(
+            "conn %s: the app has not taken %d messages of the client; closing with 1013",
+            self.channel,
+            self.queued,
+        )
+        await self.send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+        await self.layer.send(
+            self.worker, {"type": "websocket.disconnect", "code": 1013, "reason": ""}
         )
 
     async def _deny(self, status: int, body: bytes) -> None:

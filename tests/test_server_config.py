@@ -80,3 +80,12 @@ def test_the_asgi_module_builds_its_app_from_the_environment(
     assert asgi.app.config.prefix == "from-env"
     assert asgi.app.server_id == "ps-env"
     assert asgi.create_app(Config(prefix="given")).config.prefix == "given"
+
+
+@pytest.mark.parametrize("server_id", ["a.b", "has space", "x" * 41, "ünï"])
+def test_server_id_must_fit_in_channel_names(server_id: str) -> None:
+    # It names the server's channels (ps.<server_id>.<...>!<...>): refused
+    # at start-up rather than failing every request.
+    with pytest.raises(ConfigError, match="server_id must be"):
+        Config(server_id=server_id)
+    assert Config(server_id="edge-1_a").server_id == "edge-1_a"

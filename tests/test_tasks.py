@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import django
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 from channels.consumer import AsyncConsumer, SyncConsumer
@@ -536,3 +537,39 @@ def test_worker_config_loads_the_registry(tmp_path: Any) -> None:
         Config(app="x:app", tasks="mytasks:other", app_dir=str(tmp_path)).load_tasks()
     with pytest.raises(ConfigError, match="module:attribute"):
         Config(app="x:app", tasks="mytasks")
+
+
+async def test_garbage_in_the_delayed_set_does_not_stall_retries(
+    raw: aioredis.Redis, run_tasks: Any
+) -> None:
+    # Whatever someone writes into the retry set, due retries keep moving.
+    delayed = keys.task_delayed(PREFIX)
+    other = f"{PREFIX}-other:secret"
+    await raw.zadd(
+        delayed,
+        {
+            b"\xc1 not msgpack": 0,
+            b"\x93\xa1a\xa1b\xa1c": 0,  # an odd-length array
+            msgpack.packb([other, "1-0", "k", "x"]): 0,  # a key outside the task streams
+            msgpack.packb([keys.task_stream(PREFIX, "t"), "1-0", "k", [1]]): 0,  # XADD refuses
+        },
+    )
+    registry = TaskRegistry()
+    runs: list[int] = []
+    done = anyio.Event()
+
+    @registry.task("t")
+    async def flaky(message: dict[str, Any], ctx: TaskContext) -> None:
+        runs.append(ctx.attempts)
+        if len(runs) < 2:
+            raise ConnectionError("try again")
+        done.set()
+
+    async with run_tasks(registry, task_retry_backoff=0.05) as runner:
+        await enqueue(raw, "t", {"type": "go"})
+        with anyio.fail_after(5):
+            await done.wait()
+    assert runs == [0, 1]
+    assert runner.statistics()["malformed_retries"] == 4  # in `channels-lite status`
+    assert not await raw.exists(other)
+    await assert_settled(raw, "t")

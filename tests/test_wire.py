@@ -685,3 +685,42 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
     payload = {"stream": "s", "id": "1-0", "fields": {"v": "text"}, "error": "e"}
     with pytest.raises(wire.WireError, match="fields"):
         wire.decode({b"v": b"1", b"k": b"dead", b"d": msgpack.packb(payload)})
+
+
+# --------------------------------------------------------------------------
+# Bundles: several messages for one process stream in one entry
+
+
+def test_bundle_round_trips_every_part_in_order() -> None:
+    parts = [
+        (("ps.a!1",), wire.encode_message({"type": "x", "n": 1})),
+        (("ps.a!2", "ps.a!3"), wire.encode_message({"type": "y"})),
+    ]
+    fields = wire.bundle_fields(parts)
+    assert fields[b"k"] == b"msgs"
+    assert wire.split_channel_messages(fields) == parts
+    with pytest.raises(WireError, match="kind"):
+        wire.split_channel_message(fields)  # one-message readers refuse a bundle
+
+
+def test_a_plain_channel_message_is_a_one_part_list() -> None:
+    fields = wire.channel_message_fields(("a",), b"\x81\xa4type\xa1x")
+    assert wire.split_channel_messages(fields) == [(("a",), b"\x81\xa4type\xa1x")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        wire.pack([]),
+        wire.pack({"to": ["a"]}),
+        wire.pack([["a", b"x"]]),  # to must be an array
+        wire.pack([[["a"], "text, not bin"]]),
+        wire.pack([[["a"], b"x", "extra"]]),
+        wire.pack([[[], b"x"]]),
+        b"\xc1",
+    ],
+)
+def test_a_malformed_bundle_is_refused(data: bytes) -> None:
+    fields = {b"v": b"1", b"k": b"msgs", b"d": data}
+    with pytest.raises(WireError):
+        wire.split_channel_messages(fields)

@@ -19,11 +19,16 @@ import anyio
 import anyio.abc
 
 from channels_lite import relay, wire
+from channels_lite.exceptions import BrokerError
 from channels_lite.layer import BaseChannelLayer, RedisStreamsChannelLayer
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+
+
+#: WebSocket messages an app reads before it credits them, even with more waiting.
+_MESSAGE_CREDIT_BATCH = 16
 
 
 class ClientDisconnected(OSError):
@@ -61,8 +66,10 @@ class AppConnection:
         self._inbox_ready: anyio.Event | None = None
         self._initial = list(connect.events)
         self._in_flight = 0  # response bytes sent, not yet credited
-        self._credit = anyio.Event()
+        # Set when credit arrives; made only when someone waits for it.
+        self._credit: anyio.Event | None = None
         self._consumed = 0  # request bytes the app read, not yet credited
+        self._consumed_messages = 0  # WebSocket messages (parts) read, not yet credited
         self._started = False  # http.response.start / websocket.accept sent
         self._complete = False  # response finished / socket closed by the app
         self._trailers = False  # the response announced trailers
@@ -79,6 +86,17 @@ class AppConnection:
         self._tasks = tasks
         self._app_scope = anyio.CancelScope()  # cancelled on a drop
         self._pump_scope: anyio.CancelScope | None = None  # set once the pump runs
+
+    def _credit_event(self) -> anyio.Event:
+        if self._credit is None:
+            self._credit = anyio.Event()
+        return self._credit
+
+    def _release_credit(self) -> None:
+        """Wake whoever waits for credit (or to learn that none will come)."""
+        if self._credit is not None:
+            self._credit.set()
+            self._credit = None
 
     async def run(self) -> None:
         """Claim the connection and run the app to completion. Never raises app errors."""
@@ -110,6 +128,8 @@ class AppConnection:
                     # not an error worth a traceback.
                     logger.debug("conn %s: the app sent to a client that had left", self.peer)
                     self._complete = True
+                except BrokerError:
+                    raise  # our send failed, not the app: Redis is gone (worker.py logs it)
                 except Exception:
                     logger.exception("conn %s: exception in ASGI application", self.peer)
                     await self._after_failure()
@@ -149,8 +169,13 @@ class AppConnection:
             # The app closed the socket: what the client had sent before is
             # above; now the disconnect, with the app's code, as uvicorn does.
             return self._consume(self._closed)
-        if self._consumed and not self._inbox:
+        if (self._consumed or self._consumed_messages) and not self._inbox:
             # The app waits for more: credit what it read so the sender can go on.
+            await self._send_credit()
+        elif self._consumed_messages >= _MESSAGE_CREDIT_BATCH:
+            # An app that keeps up with a steady stream never finds its inbox
+            # empty: credit now and then anyway, or the protocol server would
+            # count it behind (ws_max_queue) and close the socket.
             await self._send_credit()
         if self._outbox and not self._inbox:
             # About to wait for the client: what the app posted must go first
@@ -169,11 +194,14 @@ class AppConnection:
             self._disconnect = message
             self._gone = True
         self._consumed += relay.payload_size(message)
+        if kind == "websocket.receive":
+            self._consumed_messages += 1
         return message
 
     async def _send_credit(self) -> None:
         amount, self._consumed = self._consumed, 0
-        await self._emit({"type": relay.CREDIT, "bytes": amount})
+        messages, self._consumed_messages = self._consumed_messages, 0
+        await self._emit({"type": relay.CREDIT, "bytes": amount, "messages": messages})
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")
@@ -239,7 +267,7 @@ class AppConnection:
         while not self._gone and self._in_flight and self._in_flight + size > self.window:
             self._start_pump()  # credit comes through it
             # Cancellation point: waiting for the protocol server to write.
-            await self._credit.wait()
+            await self._credit_event().wait()
         self._in_flight += size
 
     # ------------------------------------------------------------------
@@ -275,8 +303,13 @@ class AppConnection:
             self._app_scope.cancel()
 
     async def _emit(self, message: Message) -> None:
-        """Queue a message and send everything queued, in one broker call."""
-        self._post(message)
+        """Queue a message and send everything queued, in one broker call.
+
+        Not through :meth:`_post`: flushed at once, it needs no flush scheduled
+        for later (a call_soon per WebSocket message, 7% of a broadcasting
+        worker).
+        """
+        self._outbox.append(message)
         await self._flush()
 
     async def _flush(self) -> None:
@@ -316,8 +349,7 @@ class AppConnection:
         else:
             event = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         self._gone = True
-        self._credit.set()
-        self._credit = anyio.Event()
+        self._release_credit()
         self._deliver(event)
 
     def _deliver(self, message: Message) -> None:
@@ -356,8 +388,7 @@ class AppConnection:
         kind = message["type"]
         if kind == relay.CREDIT:
             self._in_flight = max(0, self._in_flight - int(message.get("bytes", 0)))
-            self._credit.set()
-            self._credit = anyio.Event()
+            self._release_credit()
         elif kind == relay.DROP:
             logger.warning("conn %s: claimed by another worker first; dropped", self.peer)
             self._complete = True
@@ -371,8 +402,7 @@ class AppConnection:
                 # no credit will come, so a send must not wait for it
                 # (uvicorn's send fails or does nothing at once, too).
                 self._gone = True
-                self._credit.set()
-                self._credit = anyio.Event()
+                self._release_credit()
             self._deliver(message)
         return True
 

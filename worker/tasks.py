@@ -138,6 +138,7 @@ class TaskRunner:
             **asdict(self.counters),
             "active": self.active,
             "concurrency": self.config.task_concurrency,
+            "malformed_retries": self.streams.malformed_retries,
         }
 
     async def serve(

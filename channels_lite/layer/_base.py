@@ -80,6 +80,8 @@ class Append:
     stream: str
     fields: dict[bytes, bytes]
     capacity: int
+    #: The message as ``(to, body)``, for a backend that bundles sends.
+    message: tuple[Sequence[str], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +216,12 @@ class BaseChannelLayer:
         Cancellation: the message may or may not have been sent.
         """
         check_channel(channel)
-        stream = self._stream_key(channel)
+        stream, body = self._stream_key(channel), self._encode(message)
         append = Append(
             stream,
-            self._entry(stream, (channel,), self._encode(message)),
+            self._entry(stream, (channel,), body),
             self.capacity_for(channel),
+            ((channel,), body),
         )
         (added,), expired = await self._append([append])
         self._counters.expired += expired
@@ -241,12 +244,13 @@ class BaseChannelLayer:
         appends = []
         for channel, message in items:
             check_channel(channel)
-            stream = self._stream_key(channel)
+            stream, body = self._stream_key(channel), self._encode(message)
             appends.append(
                 Append(
                     stream,
-                    self._entry(stream, (channel,), self._encode(message)),
+                    self._entry(stream, (channel,), body),
                     self.capacity_for(channel),
+                    ((channel,), body),
                 )
             )
         if not appends:
@@ -347,7 +351,7 @@ class BaseChannelLayer:
             for i in range(0, len(to), MAX_RECIPIENTS_PER_ENTRY)
         ]
         appends = [
-            Append(stream, self._entry(stream, to, body), self.capacity_for(to[0]))
+            Append(stream, self._entry(stream, to, body), self.capacity_for(to[0]), (to, body))
             for stream, to in batches
         ]
         added, expired = await self._append(appends)
@@ -555,11 +559,6 @@ class BaseChannelLayer:
             SealError: (a ``WireError``) not sealed with one of our keys.
         """
         return fields if self.keyring is None else self.keyring.unseal(stream, fields)
-
-    def note_malformed(self) -> None:
-        """Count an entry refused by a reader on this layer's connections (a
-        connect or task entry) in ``statistics().malformed``."""
-        self._counters.malformed += 1
 
     def _stream_key(self, channel: str) -> str:
         # Cached per name: group_send maps every member on every call.

@@ -126,19 +126,23 @@ class Inbox:
         )
 
     def distribute(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
-        """File one popped entry under each of its recipients."""
+        """File one popped entry (a message, or a bundle of them) under its recipients."""
         counters = self.rules.counters
         try:
             if self.rules.keyring is not None:
                 fields = self.rules.keyring.unseal(self.stream, fields)
-            to, body = wire.split_channel_message(fields, max_size=self.rules.max_message_size)
+            parts = wire.split_channel_messages(fields, max_size=self.rules.max_message_size)
         except WireError as exc:
             counters.malformed += 1
             logger.warning("skipped malformed entry %r on %s: %s", entry_id, self.stream, exc)
             return
         ms = int(entry_id.split(b"-", 1)[0])
-        if not self.specific:
-            to = (self.name,)  # a normal stream belongs to one channel, whatever the entry says
+        for to, body in parts:
+            # A normal stream belongs to one channel, whatever the entry says.
+            self._file(entry_id, ms, to if self.specific else (self.name,), body)
+
+    def _file(self, entry_id: bytes, ms: int, to: tuple[str, ...], body: bytes) -> None:
+        counters = self.rules.counters
         for name in to:
             if self.specific and non_local_name(name) != self.name:
                 counters.malformed += 1

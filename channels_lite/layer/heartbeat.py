@@ -10,6 +10,15 @@ Peers check each other with :meth:`Heartbeat.alive` (one ``EXISTS`` per id,
 pipelined in one round trip) for the ids they depend on: a protocol server
 for the workers running its connections, a worker for the protocol servers
 its connections belong to.
+
+A process whose own key vanished while it kept beating has *lapsed*: Redis
+lost its data (a restart) or the process stalled for longer than the
+timeout. Either way its peers have given up on it, or its conversations with
+them are gone with Redis's data, so ``run`` calls ``on_lapse`` to fail what
+it has in flight. Each refresh is ``SET ... GET``, so a lapse is seen in the
+same round trip. After a lapse or an outage the view of liveness in Redis is
+wrong for a moment (every key vanished at once and peers have not beaten
+again yet): for one ``timeout`` ``alive`` judges nobody gone.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -46,6 +55,8 @@ class Heartbeat:
         timeout: the key's TTL: how long after its last refresh a silent
             process counts as gone. Must exceed ``interval``.
         info: returns live counters to publish with each refresh.
+        on_lapse: awaited when a refresh finds the key gone (see the module
+            docstring): fail the connections in flight.
     """
 
     def __init__(
@@ -57,6 +68,7 @@ class Heartbeat:
         interval: float = 1.0,
         timeout: float = 5.0,
         info: Callable[[], dict[str, Any]] | None = None,
+        on_lapse: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if timeout <= interval:
             raise ValueError("the heartbeat timeout must exceed its interval")
@@ -66,8 +78,16 @@ class Heartbeat:
         self.interval = interval
         self.timeout = timeout
         self._info = info or dict
+        self._on_lapse = on_lapse
         self._started = time.time()
         self.key = keys.heartbeat(layer.prefix, role, process_id)
+        self._running = False
+        # anyio clock: before this, Redis's view of liveness is not trusted.
+        self._trust_from = 0.0
+        # A refresh and a check never overlap: a check whose reply lands just
+        # after a refresh found the key gone must not judge peers that have
+        # not beaten again yet.
+        self._lock = anyio.Lock()
 
     def _describe(self) -> bytes:
         return json.dumps(
@@ -82,10 +102,19 @@ class Heartbeat:
             }
         ).encode()
 
-    async def beat(self) -> None:
-        """Refresh the key once. One round trip."""
+    async def beat(self) -> bool:
+        """Refresh the key once; whether it still existed. One round trip."""
         client = self.layer._client_for(self.key)
-        await client.set(self.key, self._describe(), px=int(self.timeout * 1000))
+        async with self._lock:
+            previous = await client.set(
+                self.key, self._describe(), px=int(self.timeout * 1000), get=True
+            )
+            if previous is None and self._running:
+                self._distrust()
+        return previous is not None
+
+    def _distrust(self) -> None:
+        self._trust_from = anyio.current_time() + self.timeout
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -97,21 +126,27 @@ class Heartbeat:
         """
         await self.beat()
         task_status.started()
+        self._running = True
         failing = False
         try:
             while True:
                 await anyio.sleep(self.interval)  # cancellation point: nothing held
                 try:
-                    await self.beat()
+                    existed = await self.beat()
                 except (RedisError, OSError) as exc:
                     if not failing:
                         logger.warning("heartbeat %s: cannot refresh (%s)", self.key, exc)
                     failing = True
-                else:
-                    if failing:
-                        logger.warning("heartbeat %s: refreshing again", self.key)
+                    self._distrust()
+                    continue
+                if failing:
+                    logger.warning("heartbeat %s: refreshing again", self.key)
                     failing = False
+                    self._distrust()  # from now: peers beat again within an interval
+                if not existed:
+                    await self._lapsed()
         finally:
+            self._running = False
             # Shielded: a clean stop should not leave peers waiting for the
             # TTL to find out.
             with (
@@ -121,14 +156,40 @@ class Heartbeat:
             ):
                 await self.layer._client_for(self.key).delete(self.key)
 
+    async def _lapsed(self) -> None:
+        logger.warning(
+            "heartbeat %s had lapsed (Redis lost its data, or this process stalled "
+            "for over %.1fs): peers count this process as gone; failing its connections",
+            self.key,
+            self.timeout,
+        )
+        self._distrust()
+        if self._on_lapse is not None:
+            await self._on_lapse()
+
     async def alive(self, role: str, ids: Iterable[str]) -> set[str]:
-        """The subset of ``ids`` (processes of ``role``) whose key exists. One round trip."""
+        """The subset of ``ids`` (processes of ``role``) whose key exists. One round trip.
+
+        While this process's own view cannot be trusted (its own key is
+        missing although it beats, or it lapsed or lost Redis less than a
+        ``timeout`` ago) every id counts as alive: nobody is judged on keys
+        that vanished all at once.
+        """
         wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return set()
+        async with self._lock:
+            if not wanted or anyio.current_time() < self._trust_from:
+                return set(wanted)
+            return await self._alive(role, wanted)
+
+    async def _alive(self, role: str, wanted: list[str]) -> set[str]:
         by_client: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
-        for process_id in wanted:
-            name = keys.heartbeat(self.layer.prefix, role, process_id)
+        names = [
+            (process_id, keys.heartbeat(self.layer.prefix, role, process_id))
+            for process_id in wanted
+        ]
+        if self._running:
+            names.append(("", self.key))  # our own, in the same round trip
+        for process_id, name in names:
             client = self.layer._client_for(name)  # keys may be sharded over hosts
             by_client.setdefault(id(client), (client, []))[1].append((process_id, name))
         live: set[str] = set()
@@ -138,4 +199,8 @@ class Heartbeat:
                     pipe.exists(name)
                 found = await pipe.execute()
             live.update(process_id for (process_id, _), n in zip(items, found, strict=True) if n)
+        if self._running and "" not in live:
+            self._distrust()  # our own key is gone too: Redis lost its data
+            return set(wanted)
+        live.discard("")
         return live

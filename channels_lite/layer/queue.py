@@ -76,6 +76,23 @@ return ids
 """
 )
 
+# KEYS[1]: stream. ARGV: group, consumer, entry ids...
+# Ack and delete the entries the consumer still holds; return their ids. An
+# entry another consumer reclaimed meanwhile (this one stalled past the idle
+# time) is that consumer's now: left alone, so it is run once, not twice.
+_ACK_HELD = _Script("""
+local held = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    held[#held + 1] = ARGV[i]
+  end
+end
+return held
+""")
+
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
@@ -237,6 +254,21 @@ class WorkQueue:
                 await pipe.execute()
         except RedisError as exc:
             raise _broker_error(exc) from exc
+
+    async def ack_held(self, consumer: str, ids: Sequence[bytes]) -> set[bytes]:
+        """Ack and delete those of ``ids`` that ``consumer`` still holds. One round trip.
+
+        Returns the ids acked. One missing was reclaimed by another consumer
+        while this one was stalled (for longer than the reclaim idle time):
+        it is that consumer's to run.
+        """
+        if not ids:
+            return set()
+        try:
+            held = await _ACK_HELD(self._client(), [self.stream], [self.group, consumer, *ids])
+        except RedisError as exc:
+            raise _broker_error(exc) from exc
+        return set(held)
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over up to ``count`` entries pending longer than ``min_idle_ms``.

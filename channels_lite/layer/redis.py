@@ -25,7 +25,7 @@ import socket
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
@@ -40,12 +40,15 @@ from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
 from ..sealing import keyring_from_env
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
+from ._names import _channel_ok, check_channel
 
 __all__ = ["RedisStreamsChannelLayer"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_KEYS_PER_CALL = 1000
+#: Largest bundle of sends (bytes of bodies and names), see ``bundle_sends``.
+_BUNDLE_MAX = 256 * 1024
 #: Seconds a blocking read may overrun its BLOCK before the connection is presumed dead.
 _REPLY_GRACE = 5.0
 #: Find a dead broker connection in about 20 s (Linux's default is 2 hours).
@@ -55,6 +58,7 @@ _KEEPALIVE: dict[int, int] = {
     if (opt := getattr(socket, name, None)) is not None
 }
 _HostSpec = tuple[str | None, dict[str, Any]]  # (url or None, client kwargs)
+K = TypeVar("K")
 
 
 class _Script:
@@ -122,6 +126,11 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         channel_capacity: glob or regex patterns to capacities; first match wins.
         max_message_size: largest encoded message body, bytes.
         receive_batch: most entries one pop takes from a process-specific stream.
+        bundle_sends: merge messages sent to one stream in one event-loop turn
+            into one entry (a ``msgs`` bundle, see docs/wire-protocol.md). The
+            runtime's relay uses it: a broadcast answered by 500 connections
+            of a worker is one entry per protocol server, not 500. Capacity
+            then counts entries, not messages, so it is off by default.
         keys: the deployment's keyring, ``id:base64key[,...]`` (the first
             writes, all read): entries are sealed, and unsealed ones refused.
             ``None`` reads ``CHANNELS_LITE_KEYS``; ``""`` means no keyring.
@@ -146,6 +155,8 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         receive_batch: int = 100,
         keys: str | None = None,
         seal: str | None = None,
+        *,
+        bundle_sends: bool = False,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -158,6 +169,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             keyring=keyring_from_env(keys, seal),
         )
         self.hosts = _parse_hosts(hosts)
+        self.bundle_sends = bundle_sends
         # Abandoned streams vanish once everything in them would have expired.
         self._stream_ttl_ms = self._expiry_ms + 10_000
 
@@ -215,11 +227,16 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             await self._flush_batch(clients, batch)
             result: tuple[list[bool], int] = future.result()
             return result
+        groups = self._bundle(list(enumerate(appends)))
         try:
-            reply = await _APPEND(clients.clients[host], *self._append_args(appends))
+            reply = await _APPEND(clients.clients[host], *self._append_args([a for _, a in groups]))
         except (RedisError, OSError) as exc:
             raise _broker_error(exc) from exc
-        return [bool(flag) for flag in reply[:-1]], int(reply[-1])
+        added = [False] * len(appends)
+        for (members, _), flag in zip(groups, reply, strict=False):
+            for i in members:
+                added[i] = bool(flag)
+        return added, int(reply[-1])
 
     def _start_flush(self, state: _LoopState) -> None:
         clients: _Clients = state.backend
@@ -240,18 +257,21 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
 
         async def run(host: int, work: list[tuple[int, int, Append]]) -> None:
             client = clients.clients[host]
-            for start in range(0, len(work), _MAX_KEYS_PER_CALL):
-                chunk = work[start : start + _MAX_KEYS_PER_CALL]
+            groups = self._bundle([((i, j), append) for i, j, append in work])
+            for start in range(0, len(groups), _MAX_KEYS_PER_CALL):
+                chunk = groups[start : start + _MAX_KEYS_PER_CALL]
                 try:
-                    # One round trip for up to 1,000 streams of this host.
-                    reply = await _APPEND(client, *self._append_args([a for _, _, a in chunk]))
+                    # One round trip for up to 1,000 entries of this host.
+                    reply = await _APPEND(client, *self._append_args([a for _, a in chunk]))
                 except (RedisError, OSError) as exc:
-                    for i, _, _ in chunk:
-                        failed.setdefault(i, exc)
+                    for members, _ in chunk:
+                        for i, _ in members:
+                            failed.setdefault(i, exc)
                     continue
-                for (i, j, _), flag in zip(chunk, reply, strict=False):
-                    added[i][j] = bool(flag)
-                expired[chunk[0][0]] += int(reply[-1])
+                for (members, _), flag in zip(chunk, reply, strict=False):
+                    for i, j in members:
+                        added[i][j] = bool(flag)
+                expired[chunk[0][0][0][0]] += int(reply[-1])
 
         await asyncio.gather(*(run(host, work) for host, work in by_host.items()))
         for i, (_, future) in enumerate(batch.items):
@@ -261,6 +281,51 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
                 future.set_exception(_broker_error(failed[i]))
             else:
                 future.set_result((added[i], expired[i]))
+
+    def _bundle(self, work: list[tuple[K, Append]]) -> list[tuple[list[K], Append]]:
+        """Merge appends to the same stream into bundle entries (``bundle_sends``).
+
+        Returns ``(members, append)`` pairs: the append to write, and the keys
+        of the appends it stands for. Order within each stream is kept. A
+        bundle stays under :data:`_BUNDLE_MAX` bytes (the readers of the
+        relay accept a chunk and its envelope).
+        """
+        if not self.bundle_sends or len(work) < 2:
+            return [([key], append) for key, append in work]
+        out: list[tuple[list[K], Append]] = []
+        open_: dict[str, tuple[list[K], list[Append], int]] = {}
+
+        def close(stream: str) -> None:
+            members, appends, _ = open_.pop(stream)
+            if len(appends) == 1:
+                out.append((members, appends[0]))
+                return
+            parts = [a.message for a in appends if a.message is not None]
+            fields = self.seal(stream, wire.bundle_fields(parts))  # the entry changed: reseal
+            out.append((members, Append(stream, fields, appends[0].capacity)))
+
+        limit = min(self.max_message_size, _BUNDLE_MAX)
+        for key, append in work:
+            if append.message is None:
+                if append.stream in open_:
+                    close(append.stream)  # what was sent before it goes first
+                out.append(([key], append))
+                continue
+            to, body = append.message
+            size = len(body) + sum(len(name) + 5 for name in to) + 16  # msgpack overhead
+            current = open_.get(append.stream)
+            if current is not None and current[2] + size > limit:
+                close(append.stream)
+                current = None
+            if current is None:
+                open_[append.stream] = ([key], [append], size)
+            else:
+                current[0].append(key)
+                current[1].append(append)
+                open_[append.stream] = (current[0], current[1], current[2] + size)
+        for stream in list(open_):
+            close(stream)
+        return out
 
     def _append_args(self, appends: list[Append]) -> tuple[list[str], list[Any]]:
         values: list[bytes] = []
@@ -365,7 +430,28 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         reply = await self._call(
             _GROUP_MEMBERS(self._client_for(key), [key], [self._group_expiry_ms])
         )
-        return [m.decode() for m in reply]
+        members: list[str] = []
+        bad: list[bytes] = []
+        for raw in reply:
+            name = raw.decode(errors="replace")
+            if _channel_ok(name):
+                members.append(name)
+            else:
+                bad.append(raw)
+        if bad:
+            # The set is plain Redis data anyone can ZADD to: a member that is
+            # not a channel name must not fail the group_send of the others.
+            # Removed, so it is logged and counted once (one more round trip,
+            # only when there is garbage).
+            self._counters.malformed += len(bad)
+            logger.warning(
+                "group %s: removed %d member(s) that are not channel names: %r",
+                key,
+                len(bad),
+                bad[:10],
+            )
+            await self._call(self._client_for(key).zrem(key, *bad))
+        return members
 
     async def _flush_backend(self) -> None:
         for client in self._clients().clients:
@@ -377,6 +463,21 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
                     batch = []
             if batch:
                 await client.unlink(*batch)
+
+    async def delete_streams(self, channels: Iterable[str]) -> None:
+        """Delete the streams that hold ``channels``' messages. One round trip per host.
+
+        Not part of the Channels spec: the runtime calls it for the inbox of
+        a process that is gone (``name!`` deletes every ``name!*`` channel's),
+        so what that process leaves behind does not wait for the stream TTL.
+        """
+        by_host: dict[int, list[str]] = {}
+        for channel in channels:
+            key = self._stream_key(check_channel(channel))
+            by_host.setdefault(self._host_index(key), []).append(key)
+        clients = self._clients().clients
+        for host, names in by_host.items():
+            await self._call(clients[host].unlink(*names))
 
     async def _close_backend(self, state: _LoopState) -> None:
         if state.backend is not None:

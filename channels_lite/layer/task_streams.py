@@ -68,25 +68,34 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 """)
 
-# KEYS[1]: the delayed set. ARGV: batch size.
+# KEYS[1]: the delayed set. ARGV: batch size, task stream key prefix.
 # Move due retries into their streams. A member is msgpack (raw strings, what
 # Lua's cmsgpack reads): [stream, original id, field, value, field, value...].
-# Returns {moved, ms until the next one is due or -1}.
+# Nothing in the set is trusted: a member that is not such an array, names a
+# key outside the task streams, or that XADD refuses is removed and counted,
+# so one bad member cannot stall every retry behind it.
+# Returns {moved, ms until the next one is due or -1, removed as malformed}.
 _PROMOTE = _Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local moved, bad = 0, 0
 for _, member in ipairs(due) do
-  local item = cmsgpack.unpack(member)
-  local args = {item[1], '*'}
-  for i = 3, #item do args[#args + 1] = item[i] end
-  redis.call('XADD', unpack(args))
+  local ok, item = pcall(cmsgpack.unpack, member)
+  local done = false
+  if ok and type(item) == 'table' and type(item[1]) == 'string' and #item >= 4
+      and #item % 2 == 0 and string.sub(item[1], 1, #ARGV[2]) == ARGV[2] then
+    local args = {'XADD', item[1], '*'}
+    for i = 3, #item do args[#args + 1] = item[i] end
+    done = pcall(redis.call, unpack(args))
+  end
+  if done then moved = moved + 1 else bad = bad + 1 end
   redis.call('ZREM', KEYS[1], member)
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = -1
 if #head > 0 then wait = math.max(0, tonumber(head[2]) - now) end
-return {#due, wait}
+return {moved, wait, bad}
 """)
 
 # KEYS[1]: a task stream. ARGV: group, consumer, entry ids...
@@ -141,6 +150,9 @@ class TaskStreams:
         self.queues = {s: WorkQueue(layer, s, self.group) for s in self.channels}
         self.dead = keys.dead_letters(layer.prefix)
         self.delayed = keys.task_delayed(layer.prefix)
+        self._task_prefix = keys.task_stream(layer.prefix, "")
+        #: Members of the delayed set removed as malformed (not retries we wrote).
+        self.malformed_retries = 0
         self.dead_maxlen = dead_maxlen
 
     def _client(self) -> Any:
@@ -250,9 +262,14 @@ class TaskStreams:
         (``None``: none waits). One round trip.
         """
         try:
-            moved, wait_ms = await _PROMOTE(self._client(), [self.delayed], [_PROMOTE_BATCH])
+            moved, wait_ms, bad = await _PROMOTE(
+                self._client(), [self.delayed], [_PROMOTE_BATCH, self._task_prefix]
+            )
         except RedisError as exc:
             raise _broker_error(exc) from exc
+        if bad:
+            self.malformed_retries += int(bad)
+            logger.warning("removed %d malformed member(s) of %s", int(bad), self.delayed)
         return int(moved), None if int(wait_ms) < 0 else int(wait_ms) / 1000
 
     async def touch(self, consumer: str, held: Sequence[TaskEntry]) -> None:

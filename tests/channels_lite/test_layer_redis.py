@@ -350,3 +350,43 @@ async def test_cancelled_receives_do_not_cost_reconnects(
     assert await recv(layer, channels[-1]) == {"type": "test.last"}
     after = int((await raw_redis.info("stats"))["total_connections_received"])
     assert after - before <= 1
+
+
+# ---------------------------------------------------------------------------
+# Bundled sends (the runtime's relay layer)
+
+
+async def test_sends_of_one_loop_turn_to_one_process_are_bundled(
+    make_redis_layer: Any, raw_redis: aioredis.Redis
+) -> None:
+    receiver = make_redis_layer(prefix="bnd")
+    sender = make_redis_layer(prefix="bnd", bundle_sends=True)
+    channels = [await receiver.new_channel() for _ in range(200)]
+    stream = specific_stream_key("bnd", channels[0])
+    await sender.send(channels[0], {"type": "test.warm"})  # the direct path: one entry
+    async with anyio.create_task_group() as tg:
+        for n in range(3):
+            for channel in channels:
+                tg.start_soon(sender.send, channel, {"type": "test.m", "n": n})
+    # 600 messages, 1 + far fewer entries (bundles), in order per channel.
+    assert await raw_redis.xlen(stream) < 50
+    assert await recv(receiver, channels[0]) == {"type": "test.warm"}
+    for channel in channels:
+        assert [(await recv(receiver, channel))["n"] for _ in range(3)] == [0, 1, 2]
+    assert sender.statistics().sent == 601
+    await assert_nothing_pending(receiver, channels[-1])
+
+
+async def test_a_bundle_stays_under_the_relay_readers_limit(
+    make_redis_layer: Any, raw_redis: aioredis.Redis
+) -> None:
+    receiver = make_redis_layer(prefix="bnd", max_message_size=320 * 1024)
+    sender = make_redis_layer(prefix="bnd", bundle_sends=True, max_message_size=1024 * 1024)
+    channels = [await receiver.new_channel() for _ in range(12)]
+    body = "x" * (100 * 1024)
+    async with anyio.create_task_group() as tg:
+        for channel in channels:
+            tg.start_soon(sender.send, channel, {"type": "test.big", "body": body})
+    for channel in channels:
+        assert (await recv(receiver, channel))["body"] == body
+    assert receiver.statistics().malformed == 0
