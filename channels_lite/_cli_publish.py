@@ -28,7 +28,6 @@ from .exceptions import (
     WireError,
 )
 from .layer.dead_letters import DeadLetterEntry, DeadLetters, ReplayResult, is_entry_id
-from .layer.dead_letters import message_type as entry_type
 
 T = TypeVar("T")
 
@@ -190,7 +189,7 @@ def _row(entry: DeadLetterEntry) -> dict[str, Any]:
         "age": round(entry.age, 3),
         "stream": letter.stream,
         "entry_id": letter.entry_id,
-        "type": entry_type(letter.fields),
+        "type": entry.type,
         "error": letter.error,
         "size": sum(len(k) + len(v) for k, v in letter.fields.items()),
     }

@@ -56,7 +56,9 @@ def status_cmd(as_json: bool, watch: float | None, **params: Any) -> None:
     show = _print_json if as_json else _print_tables
 
     async def main() -> None:
-        layer = RedisStreamsChannelLayer(hosts=[config.redis_url], prefix=config.prefix)
+        layer = RedisStreamsChannelLayer(
+            hosts=[config.redis_url], prefix=config.prefix, keys=config.keys, seal=config.seal
+        )
         try:
             while True:
                 try:

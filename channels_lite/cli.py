@@ -127,6 +127,10 @@ def worker_cmd(log_level: str, log_format: str, **params: Any) -> None:
     # share no group with the rest of the deployment.
     os.environ["CHANNELS_LITE_REDIS_URL"] = config.redis_url
     os.environ["CHANNELS_LITE_PREFIX"] = config.prefix
+    # The same for the keyring: a layer the app makes itself must seal what
+    # it writes, or every other process refuses it.
+    os.environ["CHANNELS_LITE_KEYS"] = config.keys
+    os.environ["CHANNELS_LITE_SEAL"] = config.seal
     configure(log_level, log_format)
     _run(Worker(config))
 

@@ -74,6 +74,8 @@ class AsyncPublisher:
             capacity=self.config.capacity,
             channel_capacity=self.config.channel_capacity,
             max_message_size=self.config.max_message_size,
+            keys=self.config.keys,
+            seal=self.config.seal,
         )
         self._task_groups: set[str] = set()
 

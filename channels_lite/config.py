@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .exceptions import ConfigError
+from .sealing import keyring_from_settings
 from .wire import DEFAULT_MAX_SIZE
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
@@ -72,6 +73,12 @@ class PublisherConfig:
         timeout: seconds a Publisher call or a CLI command may take before
             it fails (AsyncPublisher leaves timeouts to its caller).
         channel_capacity: glob or regex patterns to capacities; first match wins.
+        keys: the deployment's shared keys, ``id:base64key[,id:base64key...]``:
+            every entry is written sealed with the first and must be sealed with
+            one of them to be read (others are refused as malformed). Prefer
+            the environment variable to the option: a command line is public.
+        seal: how entries are sealed with ``keys``: ``sign`` (HMAC-SHA256) or
+            ``encrypt`` (AES-256-GCM, needs ``channels-lite[crypto]``).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -83,6 +90,8 @@ class PublisherConfig:
     task_maxlen: int = 100_000
     timeout: float = 10.0
     channel_capacity: Mapping[str | re.Pattern[str], int] | None = None
+    keys: str = ""
+    seal: str = "sign"
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
@@ -93,6 +102,7 @@ class PublisherConfig:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
         for name in ("expiry", "group_expiry", "timeout"):
             check_positive(name, getattr(self, name))
+        keyring_from_settings(self.keys, self.seal)  # refuse a bad keyring now
 
     @classmethod
     def from_env(

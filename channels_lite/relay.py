@@ -103,7 +103,9 @@ def payload_size(event: dict[str, Any]) -> int:
     return 0
 
 
-def make_layer(redis_url: str, prefix: str, *, max_message_size: int) -> Any:
+def make_layer(
+    redis_url: str, prefix: str, *, max_message_size: int, keys: str = "", seal: str = "sign"
+) -> Any:
     """The channel layer a protocol server or worker relays connections over.
 
     Process streams (``ps.*!``, ``wk.*!``) hold the events of every connection
@@ -121,6 +123,8 @@ def make_layer(redis_url: str, prefix: str, *, max_message_size: int) -> Any:
             f"{WORKER_CHANNEL_PREFIX}.*": RELAY_CAPACITY,
         },
         max_message_size=max_message_size,
+        keys=keys,
+        seal=seal,
         bundle_sends=True,
     )
 

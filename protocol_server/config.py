@@ -11,6 +11,7 @@ from typing import Any
 
 from channels_lite.config import DEFAULT_REDIS_URL, check_positive, parse_bind
 from channels_lite.exceptions import ConfigError
+from channels_lite.sealing import keyring_from_settings
 
 MiB = 1024 * 1024
 
@@ -45,6 +46,12 @@ class Config:
         http: uvicorn's HTTP implementation (``httptools`` or ``h11``).
         ws: uvicorn's WebSocket implementation (``websockets``, ``wsproto``, ...).
         server_id: this process's id in Redis (random when empty).
+        keys: the deployment's shared keys, ``id:base64key[,id:base64key...]``:
+            every entry is written sealed with the first and must be sealed with
+            one of them to be read (others are refused as malformed). Prefer
+            the environment variable to the option: a command line is public.
+        seal: how entries are sealed with ``keys``: ``sign`` (HMAC-SHA256) or
+            ``encrypt`` (AES-256-GCM, needs ``channels-lite[crypto]``).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -64,6 +71,8 @@ class Config:
     http: str = "httptools"
     ws: str = "websockets-sansio"
     server_id: str = ""
+    keys: str = ""
+    seal: str = "sign"
     host: str = field(init=False, repr=False)
     port: int = field(init=False, repr=False)
 
@@ -123,3 +132,4 @@ class Config:
                 f"server_id must be 1 to 40 ASCII letters, digits, '-' or '_', "
                 f"not {self.server_id!r}"
             )
+        keyring_from_settings(self.keys, self.seal)  # refuse a bad keyring now

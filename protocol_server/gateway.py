@@ -47,6 +47,8 @@ class Gateway:
             config.redis_url,
             config.prefix,
             max_message_size=max(config.ws_max_size, relay.CHUNK_SIZE) + 64 * 1024,
+            keys=config.keys,
+            seal=config.seal,
         )
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
         await queue.ensure_group()  # one round trip; fails fast if Redis is unreachable

@@ -9,6 +9,7 @@ from typing import Any
 
 from channels_lite.config import DEFAULT_REDIS_URL, check_positive
 from channels_lite.exceptions import ConfigError
+from channels_lite.sealing import keyring_from_settings
 from channels_lite.tasks import TaskRegistry
 
 MiB = 1024 * 1024
@@ -45,6 +46,12 @@ class Config:
         task_retry_backoff: seconds before the first retry of a failed task;
             each later retry waits twice as long as the one before.
         task_retry_backoff_max: the longest wait before a retry, seconds.
+        keys: the deployment's shared keys, ``id:base64key[,id:base64key...]``:
+            every entry is written sealed with the first and must be sealed with
+            one of them to be read (others are refused as malformed). Prefer
+            the environment variable to the option: a command line is public.
+        seal: how entries are sealed with ``keys``: ``sign`` (HMAC-SHA256) or
+            ``encrypt`` (AES-256-GCM, needs ``channels-lite[crypto]``).
     """
 
     app: str
@@ -64,6 +71,8 @@ class Config:
     task_max_attempts: int = 5
     task_retry_backoff: float = 1.0
     task_retry_backoff_max: float = 60.0
+    keys: str = ""
+    seal: str = "sign"
 
     def __post_init__(self) -> None:
         if ":" not in self.app:
@@ -88,6 +97,7 @@ class Config:
             raise ConfigError(f"shutdown_timeout must be >= 0, not {self.shutdown_timeout!r}")
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
+        keyring_from_settings(self.keys, self.seal)  # refuse a bad keyring now
 
     def load_app(self) -> Any:
         """Import and return the ASGI app.

@@ -310,7 +310,7 @@ class TaskRunner:
     def _check(self, entry: TaskEntry) -> tuple[wire.Task, Handler] | str:
         """The task and its handler, or why the entry is not a task we can run."""
         try:
-            envelope = wire.decode(entry.fields)
+            envelope = wire.decode(self.streams.layer.unseal(entry.stream, entry.fields))
         except WireError as exc:
             return f"WireError: {exc}"
         if not isinstance(envelope, wire.Task):
@@ -346,7 +346,9 @@ class TaskRunner:
                 config.task_retry_backoff * 2 ** (failures - 1), config.task_retry_backoff_max
             )
             # Decoded afresh: the handler may have changed the message it got.
-            task = cast(wire.Task, wire.decode(entry.fields))  # checked before it ran
+            # Checked before it ran (so unsealing cannot fail now).
+            fields = self.streams.layer.unseal(entry.stream, entry.fields)
+            task = cast(wire.Task, wire.decode(fields))
             try:
                 fields = wire.encode(wire.Task(task.channel, task.message, failures))
             except WireError as error:  # the attempts field pushed it over the limit

@@ -82,14 +82,20 @@ class Worker:
             logger.warning("task registry %s declares no task channel", config.tasks)
             registry = None
         layer: RedisStreamsChannelLayer = relay.make_layer(
-            config.redis_url, config.prefix, max_message_size=relay.CHUNK_SIZE + 64 * 1024
+            config.redis_url,
+            config.prefix,
+            max_message_size=relay.CHUNK_SIZE + 64 * 1024,
+            keys=config.keys,
+            seal=config.seal,
         )
         self.relay_layer = layer
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
         # The layer apps see in scope["channel_layer"]: ordinary capacities,
         # the deployment's prefix, so groups are shared with Channels
         # consumers and external publishers on the same Redis.
-        self.app_layer = RedisStreamsChannelLayer(hosts=[config.redis_url], prefix=config.prefix)
+        self.app_layer = RedisStreamsChannelLayer(
+            hosts=[config.redis_url], prefix=config.prefix, keys=config.keys, seal=config.seal
+        )
         try:
             await queue.ensure_group()
             async with (
@@ -242,7 +248,7 @@ class Worker:
                 self._broker_down_since = None
             backoff = _BACKOFF_MIN
             for entry in entries:
-                connect = _decode_connect(queue.stream, *entry)
+                connect = _decode_connect(layer, queue.stream, *entry)
                 if connect is None:
                     self.malformed_connects += 1
                     continue
@@ -331,11 +337,11 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _decode_connect(
-    stream: str, entry_id: bytes, fields: dict[bytes, bytes]
+    layer: RedisStreamsChannelLayer, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
 ) -> wire.Connect | None:
     """The connection an entry offers, or None (logged once, with the stream and id)."""
     try:
-        envelope = wire.decode(fields)
+        envelope = wire.decode(layer.unseal(stream, fields))
     except WireError as exc:
         logger.warning("skipped malformed entry %r on %s: %s", entry_id, stream, exc)
         return None

@@ -13,6 +13,9 @@ Rules / theory of operation
 * Every message is encoded by :mod:`channels_lite.wire` on the way in and
   decoded on the way out, with the backends storing bytes only, so an app
   tested on the in-memory layer meets the same limits and types as on Redis.
+* With a keyring (:mod:`channels_lite.sealing`) every entry is sealed where
+  its fields are made (``_entry``) and checked where they are split
+  (``Inbox.distribute``); an entry that fails is counted as malformed.
 * Delivery is at most once. A message that is not delivered is counted
   (``statistics()``): refused (``full``), skipped in a group (``dropped``),
   outlived its ``expiry`` (``expired``), or undecodable (``malformed``).
@@ -52,6 +55,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .. import keys, wire
 from ..exceptions import ChannelFull, ConfigError, WireError
+from ..sealing import Keyring
 from ._inbox import Inbox, InboxRules
 from ._names import CapacityTable, check_channel, check_group, check_message, non_local_name
 from ._stats import Counters, LayerStatistics
@@ -119,6 +123,7 @@ class BaseChannelLayer:
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = wire.DEFAULT_MAX_SIZE,
         receive_batch: int = 100,
+        keyring: Keyring | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or not re.fullmatch(r"[\w.\-]+", prefix):
             raise ConfigError(f"prefix must be a non-empty word, not {prefix!r}")
@@ -142,8 +147,10 @@ class BaseChannelLayer:
         self._expiry_ms = int(expiry * 1000)
         self._group_expiry_ms = int(group_expiry * 1000)
         self._counters = Counters()
+        #: Seals what this layer writes and checks what it reads (None: off).
+        self.keyring = keyring
         self._rules = InboxRules(
-            self.capacity_for, max_message_size, self._expiry_ms, self._counters
+            self.capacity_for, max_message_size, self._expiry_ms, self._counters, keyring
         )
         self._clock_offset_ms = 0.0
         self._stream_keys: dict[str, str] = {}
@@ -209,10 +216,10 @@ class BaseChannelLayer:
         Cancellation: the message may or may not have been sent.
         """
         check_channel(channel)
-        body = self._encode(message)
+        stream, body = self._stream_key(channel), self._encode(message)
         append = Append(
-            self._stream_key(channel),
-            wire.channel_message_fields((channel,), body),
+            stream,
+            self._entry(stream, (channel,), body),
             self.capacity_for(channel),
             ((channel,), body),
         )
@@ -237,11 +244,11 @@ class BaseChannelLayer:
         appends = []
         for channel, message in items:
             check_channel(channel)
-            body = self._encode(message)
+            stream, body = self._stream_key(channel), self._encode(message)
             appends.append(
                 Append(
-                    self._stream_key(channel),
-                    wire.channel_message_fields((channel,), body),
+                    stream,
+                    self._entry(stream, (channel,), body),
                     self.capacity_for(channel),
                     ((channel,), body),
                 )
@@ -344,9 +351,7 @@ class BaseChannelLayer:
             for i in range(0, len(to), MAX_RECIPIENTS_PER_ENTRY)
         ]
         appends = [
-            Append(
-                stream, wire.channel_message_fields(to, body), self.capacity_for(to[0]), (to, body)
-            )
+            Append(stream, self._entry(stream, to, body), self.capacity_for(to[0]), (to, body))
             for stream, to in batches
         ]
         added, expired = await self._append(appends)
@@ -533,6 +538,27 @@ class BaseChannelLayer:
                 f"message of {len(body)} bytes exceeds max_message_size ({self.max_message_size})"
             )
         return body
+
+    def _entry(self, stream: str, to: Sequence[str], body: bytes) -> dict[bytes, bytes]:
+        """The fields of a channel-message entry for ``stream``: every entry
+        this layer writes is made here, so here is where it is sealed."""
+        fields = wire.channel_message_fields(to, body)
+        return fields if self.keyring is None else self.keyring.seal(stream, fields)
+
+    def seal(self, stream: str, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """``fields`` sealed for ``stream`` with this layer's keyring (as they are
+        without one). For the other writers on the layer's connections: the
+        connect and task queues, retries, dead letters."""
+        return fields if self.keyring is None else self.keyring.seal(stream, fields)
+
+    def unseal(self, stream: str, fields: Mapping[bytes, bytes]) -> Mapping[bytes, bytes]:
+        """``fields`` read from ``stream``, checked (and decrypted) with this layer's
+        keyring; as they are without one.
+
+        Raises:
+            SealError: (a ``WireError``) not sealed with one of our keys.
+        """
+        return fields if self.keyring is None else self.keyring.unseal(stream, fields)
 
     def _stream_key(self, channel: str) -> str:
         # Cached per name: group_send maps every member on every call.

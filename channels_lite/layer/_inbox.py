@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import wire
 from ..exceptions import WireError
+from ..sealing import Keyring
 from ._names import non_local_name
 from ._stats import Counters
 
@@ -32,6 +33,7 @@ class InboxRules:
     max_message_size: int
     expiry_ms: int
     counters: Counters
+    keyring: Keyring | None = None
 
 
 @dataclass(slots=True)
@@ -123,10 +125,12 @@ class Inbox:
             self.buffers or self.fetching or self.inflight or self.waiting or self.wait_task
         )
 
-    def distribute(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def distribute(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
         """File one popped entry (a message, or a bundle of them) under its recipients."""
         counters = self.rules.counters
         try:
+            if self.rules.keyring is not None:
+                fields = self.rules.keyring.unseal(self.stream, fields)
             parts = wire.split_channel_messages(fields, max_size=self.rules.max_message_size)
         except WireError as exc:
             counters.malformed += 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import keys, wire
 from ..exceptions import WireError
+from ..sealing import Keyring
 from .redis import RedisStreamsChannelLayer, _broker_error, _Script
 
 __all__ = ["DeadLetterEntry", "DeadLetters", "ReplayResult", "is_entry_id", "message_type"]
@@ -54,14 +55,17 @@ return id
 class DeadLetterEntry:
     """One entry of the dead-letter stream.
 
-    ``letter`` is ``None`` when the entry itself is unreadable; ``problem``
-    then says why. ``age`` is in seconds, by Redis's clock.
+    ``letter`` is ``None`` when the entry itself is unreadable (or, with a
+    keyring, not sealed with one of its keys); ``problem`` then says why.
+    ``age`` is in seconds, by Redis's clock. ``type`` is the message type
+    the original entry carries, if it can be read.
     """
 
     id: str
     age: float
     letter: wire.DeadLetter | None
     problem: str = ""
+    type: str | None = None
 
 
 @dataclass(slots=True)
@@ -78,10 +82,13 @@ def is_entry_id(text: str) -> bool:
     return _ENTRY_ID_RE.fullmatch(text) is not None
 
 
-def message_type(fields: dict[bytes, bytes]) -> str | None:
-    """The ``type`` of what an entry carries (message, task, event, scope), if it decodes."""
+def message_type(
+    fields: Mapping[bytes, bytes], stream: str = "", keyring: Keyring | None = None
+) -> str | None:
+    """The ``type`` of what an entry of ``stream`` carries (message, task, event,
+    scope), if it decodes (and, with a keyring, is sealed with one of its keys)."""
     try:
-        envelope = wire.decode(fields)
+        envelope = wire.decode(fields if keyring is None else keyring.unseal(stream, fields))
     except WireError:
         return None
     if isinstance(envelope, wire.ChannelMessage | wire.Task):
@@ -209,12 +216,13 @@ class DeadLetters:
         age = max(0.0, (now_ms - int(eid.split("-")[0])) / 1000) if now_ms else 0.0
         try:
             # No size limit: workers move oversized entries aside whole.
-            envelope = wire.decode(fields, max_size=sys.maxsize)
+            envelope = wire.decode(self.layer.unseal(self.stream, fields), max_size=sys.maxsize)
         except WireError as exc:
             return DeadLetterEntry(eid, age, None, f"unreadable dead letter: {exc}")
         if not isinstance(envelope, wire.DeadLetter):
             return DeadLetterEntry(eid, age, None, "not a dead letter")
-        return DeadLetterEntry(eid, age, envelope)
+        kind = message_type(envelope.fields, envelope.stream, self.layer.keyring)
+        return DeadLetterEntry(eid, age, envelope, type=kind)
 
     async def _call(self, awaitable: Any) -> Any:
         try:

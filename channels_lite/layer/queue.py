@@ -145,14 +145,15 @@ class WorkQueue:
             raise _broker_error(exc) from exc
 
     async def offer(self, fields: dict[bytes, bytes]) -> bytes:
-        """Append an entry; returns its id. One round trip, shared by the offers
-        made while it is under way.
+        """Append an entry (sealed with the layer's keyring, if any); returns its
+        id. One round trip, shared by the offers made while it is under way.
 
         Raises:
             BrokerUnavailable, BrokerError: Redis failed.
 
         Cancellation: the entry may or may not have been appended.
         """
+        fields = self.layer.seal(self.stream, fields)
         loop = asyncio.get_running_loop()
         offers = self._offers.get(loop)
         if offers is None:

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys, wire
 from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
+from ..sealing import keyring_from_env
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
 from ._names import _channel_ok, check_channel
@@ -130,6 +131,14 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             runtime's relay uses it: a broadcast answered by 500 connections
             of a worker is one entry per protocol server, not 500. Capacity
             then counts entries, not messages, so it is off by default.
+        keys: the deployment's keyring, ``id:base64key[,...]`` (the first
+            writes, all read): entries are sealed, and unsealed ones refused.
+            ``None`` reads ``CHANNELS_LITE_KEYS``; ``""`` means no keyring.
+        seal: ``sign`` or ``encrypt`` (``channels-lite[crypto]``); ``None``
+            reads ``CHANNELS_LITE_SEAL``, else ``sign``.
+
+    Raises:
+        ConfigError: a bad setting, including a malformed keyring.
     """
 
     _outage_errors = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -144,6 +153,8 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
         max_message_size: int = wire.DEFAULT_MAX_SIZE,
         receive_batch: int = 100,
+        keys: str | None = None,
+        seal: str | None = None,
         *,
         bundle_sends: bool = False,
     ) -> None:
@@ -155,6 +166,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             channel_capacity=channel_capacity,
             max_message_size=max_message_size,
             receive_batch=receive_batch,
+            keyring=keyring_from_env(keys, seal),
         )
         self.hosts = _parse_hosts(hosts)
         self.bundle_sends = bundle_sends
@@ -289,7 +301,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
                 out.append((members, appends[0]))
                 return
             parts = [a.message for a in appends if a.message is not None]
-            fields = wire.bundle_fields(parts)
+            fields = self.seal(stream, wire.bundle_fields(parts))  # the entry changed: reseal
             out.append((members, Append(stream, fields, appends[0].capacity)))
 
         limit = min(self.max_message_size, _BUNDLE_MAX)

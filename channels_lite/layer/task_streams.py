@@ -229,6 +229,7 @@ class TaskStreams:
 
         Atomic: the retry is stored and the entry acked together. One round trip.
         """
+        fields = self.layer.seal(entry.stream, fields)  # the stream promote() adds it to
         member = msgpack.packb(
             [entry.stream, entry.entry_id, *(x for kv in fields.items() for x in kv)],
             use_bin_type=False,  # raw strings: Lua's cmsgpack has no bin type
@@ -244,6 +245,7 @@ class TaskStreams:
 
     async def dead_letter(self, entry: TaskEntry, fields: dict[bytes, bytes]) -> None:
         """Move ``entry`` aside: append ``fields`` (a dead letter) and ack it, atomically."""
+        fields = self.layer.seal(self.dead, fields)
         try:
             async with self._client().pipeline(transaction=True) as pipe:
                 pipe.xadd(self.dead, fields, maxlen=self.dead_maxlen, approximate=True)
