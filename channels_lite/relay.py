@@ -103,6 +103,18 @@ def payload_size(event: dict[str, Any]) -> int:
     return 0
 
 
+def count(message: dict[str, Any], key: str) -> int:
+    """A non-negative integer field of a control message; 0 if absent or not one.
+
+    Nothing from the wire is trusted: a forged or garbled credit must not end
+    the connection with a ``TypeError``, only fail to grant anything.
+    """
+    value = message.get(key, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
 def make_layer(
     redis_url: str, prefix: str, *, max_message_size: int, keys: str = "", seal: str = "sign"
 ) -> Any:

@@ -214,8 +214,8 @@ class Bridge:
             message = await self._next()
             kind = message["type"]
             if kind == relay.CREDIT:
-                self.in_flight = max(0, self.in_flight - int(message.get("bytes", 0)))
-                self.queued = max(0, self.queued - int(message.get("messages", 0)))
+                self.in_flight = max(0, self.in_flight - relay.count(message, "bytes"))
+                self.queued = max(0, self.queued - relay.count(message, "messages"))
                 self._release_credit()
             elif kind == relay.CLAIM:
                 # A second worker claims what the first already has: the

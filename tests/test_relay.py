@@ -78,3 +78,20 @@ def test_split_and_join_round_trip_large_text_and_bytes() -> None:
         results = [joiner.add(p) for p in parts]
         assert results[:-1] == [None] * (len(parts) - 1)
         assert results[-1] == event
+
+
+@pytest.mark.parametrize(
+    ("message", "granted"),
+    [
+        ({"type": relay.CREDIT, "bytes": 4096}, 4096),
+        ({"type": relay.CREDIT}, 0),
+        ({"type": relay.CREDIT, "bytes": "4096"}, 0),
+        ({"type": relay.CREDIT, "bytes": -5}, 0),
+        ({"type": relay.CREDIT, "bytes": True}, 0),
+        ({"type": relay.CREDIT, "bytes": None}, 0),
+    ],
+)
+def test_a_forged_credit_grants_nothing_and_raises_nothing(
+    message: dict[str, Any], granted: int
+) -> None:
+    assert relay.count(message, "bytes") == granted

@@ -387,7 +387,7 @@ class AppConnection:
         """Act on one message from the protocol server; False once dropped."""
         kind = message["type"]
         if kind == relay.CREDIT:
-            self._in_flight = max(0, self._in_flight - int(message.get("bytes", 0)))
+            self._in_flight = max(0, self._in_flight - relay.count(message, "bytes"))
             self._release_credit()
         elif kind == relay.DROP:
             logger.warning("conn %s: claimed by another worker first; dropped", self.peer)
