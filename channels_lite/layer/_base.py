@@ -561,15 +561,16 @@ class BaseChannelLayer:
         return fields if self.keyring is None else self.keyring.unseal(stream, fields)
 
     def _stream_key(self, channel: str) -> str:
-        # Cached per name: group_send maps every member on every call.
+        # Cached per stream name (group_send maps every member on every
+        # call), not per channel: process-specific names are one per
+        # connection in the runtime, and would fill the cache for nothing.
+        name = non_local_name(channel)
         try:
-            return self._stream_keys[channel]
+            return self._stream_keys[name]
         except KeyError:
-            if len(self._stream_keys) >= 65536:
+            if len(self._stream_keys) >= 16384:
                 self._stream_keys.clear()
-            key = self._stream_keys[channel] = keys.channel_stream(
-                self.prefix, non_local_name(channel)
-            )
+            key = self._stream_keys[name] = keys.channel_stream(self.prefix, name)
             return key
 
     def _group_key(self, group: str) -> str:

@@ -25,15 +25,22 @@ _RULES: Final = (
 )
 
 
-@functools.lru_cache(maxsize=65536)
-def _channel_ok(name: str) -> bool:
-    # Cached: a process checks the same few thousand names over and over.
+def _valid_channel(name: str) -> bool:
     return len(name) < MAX_NAME_LENGTH and _CHANNEL_RE.match(name) is not None
+
+
+#: Cached: a process checks the same names (group members, normal channels)
+#: over and over. Bounded, and process-specific names (one per connection in
+#: the runtime, each seen a few times) do not go through it: a cache of
+#: 65,536 of them was 10 MiB of a protocol server's memory after ten minutes.
+_channel_ok = functools.lru_cache(maxsize=16384)(_valid_channel)
 
 
 def check_channel(name: object) -> str:
     """Return ``name`` if it is a valid channel name, else raise :class:`InvalidChannelName`."""
-    if not isinstance(name, str) or not _channel_ok(name):
+    if not isinstance(name, str) or not (
+        _valid_channel(name) if "!" in name else _channel_ok(name)
+    ):
         raise InvalidChannelName(
             f"channel name {name!r} {_RULES} (plus one '!' for process-specific channels)"
         )
@@ -88,6 +95,8 @@ class CapacityTable:
         except KeyError:
             pass
         value = next((cap for rx, cap in self._patterns if rx.match(channel)), self.default)
+        if "!" in channel:
+            return value  # process-specific: a new name per connection, not worth keeping
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
         self._cache[channel] = value

@@ -9,6 +9,7 @@ within ``expiry`` is never delivered, and every such loss is counted.
 from __future__ import annotations
 
 import re
+import tracemalloc
 from typing import Any
 
 import anyio
@@ -16,6 +17,7 @@ import channels.exceptions
 import pytest
 
 from channels_lite.exceptions import ChannelFull, ChannelsLiteError
+from channels_lite.layer import InMemoryChannelLayer
 
 from ._support import assert_nothing_pending, recv
 
@@ -136,3 +138,28 @@ async def test_expired_messages_free_capacity(make_layer: Any) -> None:
         await layer.send(channel, {"type": "test.new"})
         assert await recv(layer, channel) == {"type": "test.new"}
     assert layer.statistics().expired == 2
+
+
+async def test_memory_does_not_grow_with_the_process_specific_channels_used() -> None:
+    # The runtime makes a new process-specific channel per connection: a
+    # process serving millions of connections must not keep something per
+    # name (per-name caches once held 65,536 of them: +20 MiB in a worker).
+    # The names are handled by the code both backends share; the in-memory
+    # one keeps redis-py's own buffers out of the measurement.
+    layer = InMemoryChannelLayer()
+
+    async def use(count: int) -> None:
+        for n in range(count):
+            channel = await layer.new_channel()
+            await layer.send(channel, {"type": "test.m", "n": n})
+            assert (await recv(layer, channel))["n"] == n
+
+    await use(500)  # warm up: buffers, connections, caches of what repeats
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await use(3000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 150_000, f"{grown} bytes kept for 3,000 used channels"
