@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+# For modules that start one deployment for all their tests: they define a
+# module-scoped ``shared`` fixture giving ``(deployment, e2e_dir)`` (see
+# ``_shared.shared_deployment``); these hand it to each test, with that
+# test's share of the processes' logs shown if it fails.
+
+
+@pytest.fixture
+def deployment(
+    shared: tuple[Deployment, Path], request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    from ._shared import own_logs_on_failure  # _shared imports this module
+
+    with own_logs_on_failure(shared[0], request):
+        yield shared[0]
+
+
+@pytest.fixture
+def e2e_dir(shared: tuple[Deployment, Path]) -> Path:
+    """The directory the shared deployment's apps write what they saw to."""
+    return shared[1]

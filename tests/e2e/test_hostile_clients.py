@@ -32,7 +32,7 @@ import pytest
 from anyio.abc import SocketStream
 from websockets.asyncio.client import connect
 
-from ._shared import own_logs_on_failure, shared_deployment, wait_for_file
+from ._shared import shared_deployment, wait_for_file
 from .conftest import Deployment
 
 pytestmark = pytest.mark.anyio
@@ -56,19 +56,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploymen
         ],
     ) as pair:
         yield pair
-
-
-@pytest.fixture
-def deployment(
-    shared: tuple[Deployment, Path], request: pytest.FixtureRequest
-) -> Iterator[Deployment]:
-    with own_logs_on_failure(shared[0], request):
-        yield shared[0]
-
-
-@pytest.fixture
-def e2e_dir(shared: tuple[Deployment, Path]) -> Path:
-    return shared[1]
 
 
 async def _open(url: str) -> SocketStream:

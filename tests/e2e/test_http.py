@@ -25,7 +25,7 @@ from anyio.abc import SocketAttribute
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from ._shared import own_logs_on_failure, shared_deployment, wait_for_file
+from ._shared import shared_deployment, wait_for_file
 from .apps.probe import pattern
 from .conftest import Deploy, Deployment
 
@@ -43,19 +43,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploymen
         servers=[(), ("--max-body-size", str(SMALL_LIMIT))],
     ) as pair:
         yield pair
-
-
-@pytest.fixture
-def deployment(
-    shared: tuple[Deployment, Path], request: pytest.FixtureRequest
-) -> Iterator[Deployment]:
-    with own_logs_on_failure(shared[0], request):
-        yield shared[0]
-
-
-@pytest.fixture
-def e2e_dir(shared: tuple[Deployment, Path]) -> Path:
-    return shared[1]
 
 
 def _client(url: str, **kwargs: Any) -> httpx.AsyncClient:

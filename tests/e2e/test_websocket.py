@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ._shared import own_logs_on_failure, shared_deployment, wait_for_file
+from ._shared import shared_deployment, wait_for_file
 from .conftest import Deployment
 
 pytestmark = pytest.mark.anyio
@@ -36,19 +36,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploymen
         servers=[(), ("--ws-max-size", str(SMALL_MAX))],
     ) as pair:
         yield pair
-
-
-@pytest.fixture
-def deployment(
-    shared: tuple[Deployment, Path], request: pytest.FixtureRequest
-) -> Iterator[Deployment]:
-    with own_logs_on_failure(shared[0], request):
-        yield shared[0]
-
-
-@pytest.fixture
-def e2e_dir(shared: tuple[Deployment, Path]) -> Path:
-    return shared[1]
 
 
 def ws_url(deployment: Deployment, path: str, server: int = 0) -> str:
