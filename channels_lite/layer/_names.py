@@ -90,16 +90,23 @@ class CapacityTable:
         self._cache: dict[str, int] = {}
 
     def __call__(self, channel: str) -> int:
+        # A process-specific name (``prefix!local``) is looked up by its
+        # non-local part: all of them share one stream, whose capacity is what
+        # the broker enforces, and the local parts are new per connection (a
+        # cache keyed by them would only fill; matching the patterns on each
+        # send was a tenth of a broadcasting worker's time). The patterns are
+        # matched on the first full name seen: a pattern that tells local
+        # parts apart would give one stream two capacities anyway.
+        bang = channel.find("!")
+        key = channel if bang < 0 else channel[: bang + 1]
         try:
-            return self._cache[channel]
+            return self._cache[key]
         except KeyError:
             pass
         value = next((cap for rx, cap in self._patterns if rx.match(channel)), self.default)
-        if "!" in channel:
-            return value  # process-specific: a new name per connection, not worth keeping
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
-        self._cache[channel] = value
+        self._cache[key] = value
         return value
 
 
