@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from redis.exceptions import RedisError
 
 from channels_lite import keys, relay, wire
@@ -267,6 +268,12 @@ class Worker:
                     worker_id=self.worker_id,
                 )
                 connections.start_soon(self._run, connection)
+            if entries:
+                # Let the apps just started run to their first wait (a small
+                # response is then on its way to Redis) before the next take
+                # is written: at low load that take is not urgent, and written
+                # first it would delay every response by a socket write.
+                await anyio.lowlevel.checkpoint()
 
     async def _take(self, queue: WorkQueue, free: int, *, reclaim: bool) -> list[Entry]:
         """Up to ``free`` entries, reclaimed from dead workers or new; acked (started).
