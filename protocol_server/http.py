@@ -17,6 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from .bridge import Bridge, ResponseAborted, ServerContext, WorkerLost
+from .cork import CorkedTransport, current_cork
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("protocol_server.access")
@@ -42,6 +43,7 @@ class HttpBridge(Bridge):
         self.status: int | None = None  # for the access log
         self.bytes_sent = 0
         self._listening = False  # a task is reading the client (body, disconnect)
+        self.cork: CorkedTransport | None = None  # uvicorn's httptools only
 
     async def run(self) -> None:
         try:
@@ -186,13 +188,29 @@ class HttpBridge(Bridge):
         self.relay_scope.cancel()
 
     async def _pump_response(self) -> None:
-        trailers = False  # the app announced trailers: the response ends with them
+        # The app may announce trailers (then the response ends with them).
         # An app may announce trailers that this server did not advertise
         # (uvicorn never does; hypercorn only for HTTP/2). Passed on, the
         # announcement would leave hypercorn waiting for trailers it then
         # refuses (the response never ends), and uvicorn would fail on them.
         # So the server sees neither; the client gets the response without.
         advertised = _TRAILERS in (self.scope.get("extensions") or {})
+        # A start that arrived with more (its body, in one relay entry) is
+        # held and leaves with that body in one write: see cork.py.
+        self.cork = cork = current_cork()
+        try:
+            await self._relay_response(advertised, cork)
+        finally:
+            if cork is not None:
+                cork.release()
+
+    async def _next(self) -> Message:
+        if self.cork is not None and not self._unread:
+            self.cork.release()  # about to wait for the worker: nothing may stay held
+        return await super()._next()
+
+    async def _relay_response(self, advertised: bool, cork: CorkedTransport | None) -> None:
+        trailers = False
         while True:
             message = await self.next_from_worker()
             kind = message["type"]
@@ -202,6 +220,8 @@ class HttpBridge(Bridge):
                 trailers = bool(message.get("trailers", False))
                 if trailers and not advertised:
                     message = {key: value for key, value in message.items() if key != "trailers"}
+                if cork is not None and self._unread:
+                    cork.hold()  # the next message is in hand: no wait in between
                 await self.send(message)
             elif kind == "http.response.body":
                 more = bool(message.get("more_body", False))
@@ -209,6 +229,8 @@ class HttpBridge(Bridge):
                 # follows a complete response while send() returns.
                 self.response_complete = not more and not trailers
                 await self.send(message)
+                if cork is not None:
+                    cork.release()  # before anything below waits
                 self.bytes_sent += len(message.get("body", b""))
                 if more:
                     await self.credit_worker(len(message.get("body", b"")))
@@ -220,6 +242,8 @@ class HttpBridge(Bridge):
                 self.response_complete = not message.get("more_trailers", False)
                 if advertised:
                     await self.send(message)
+                if cork is not None:
+                    cork.release()
                 if self.response_complete:
                     return
             else:

@@ -29,6 +29,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .cork import CorkedTransport, reset_current_cork, set_current_cork
+
 logger = logging.getLogger(__name__)
 
 #: Seconds a refused client's further bytes are read and discarded before closing.
@@ -175,6 +177,21 @@ class GuardedHttpToolsProtocol(_HeaderGuard, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # The request's writes go through a cork its task can find (see
+        # protocol_server/cork.py). uvicorn starts every request here,
+        # pipelined ones included; were it renamed, requests would simply
+        # run uncorked.
+        cork = self.__dict__.get("_cork")
+        if cork is None:
+            cork = self._cork = CorkedTransport(self.transport)
+        cycle.transport = cork
+        token = set_current_cork(cork)
+        try:
+            super()._start_asgi_task(cycle, app)
+        finally:
+            reset_current_cork(token)
 
     def send_400_response(self, msg: str) -> None:
         if not self._head_over:
