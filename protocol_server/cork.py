@@ -13,11 +13,15 @@ known to the request's task through :func:`current_cork`. The HTTP bridge
 holds the cork while it passes on what it already has in hand and releases
 it before it waits for anything; under another server (h11, hypercorn)
 there is no cork and nothing changes.
+
+The same object tells the request that its client left (:attr:`on_lost`),
+which uvicorn otherwise says only to a task waiting in ``receive()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -47,11 +51,23 @@ class CorkedTransport:
     delays bytes by more than the code between hold and release.
     """
 
-    __slots__ = ("_held", "_transport")
+    __slots__ = ("_held", "_transport", "closed", "on_lost")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: list[bytes] | None = None
+        #: The client's connection is gone (uvicorn's ``connection_lost``).
+        self.closed = False
+        #: Called once when it goes, if set: the request being served then
+        #: learns of it without a task waiting in ``receive()``.
+        self.on_lost: Callable[[], None] | None = None
+
+    def lost(self) -> None:
+        """The connection is gone: tell whoever listens."""
+        self.closed = True
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()
 
     def hold(self) -> None:
         if self._held is None:

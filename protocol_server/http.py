@@ -79,6 +79,7 @@ class HttpBridge(Bridge):
         )
 
     async def _serve(self) -> None:
+        self.cork = current_cork()
         limit = self.ctx.config.max_body_size
         if _content_length(self.scope) > limit:
             await self._error(413, b"Request body too large\n")
@@ -100,29 +101,71 @@ class HttpBridge(Bridge):
                 await self._error(503, b"No worker available\n")
                 return
             self.in_flight = self.body_seen
-            async with anyio.create_task_group() as tg:
-                self.relay_scope = tg.cancel_scope
-                if self.lost:
-                    tg.cancel_scope.cancel()
-                self._listening = True
-                if first.get("more_body", False):
-                    tg.start_soon(self._pump_request)
-                else:
-                    tg.start_soon(self._watch_disconnect)
-                await self._pump_response()
-                if self._listening:
-                    # uvicorn ends the listener's receive() as soon as the
-                    # response is complete, so it is usually done by the next
-                    # loop turn: cheaper than cancelling it on every request.
-                    await anyio.lowlevel.checkpoint()
-                    if self._listening:
-                        tg.cancel_scope.cancel()
+            if self.cork is not None and not first.get("more_body", False):
+                await self._relay_watched()
+            else:
+                await self._relay_listening(first)
             if self.lost:
                 if self.response_started:
                     raise ResponseAborted(f"conn {self.channel}: the worker died mid-response")
                 await self._error(502, b"Bad Gateway: the worker went away\n")
         finally:
             self.close()
+
+    async def _relay_watched(self) -> None:
+        """Relay a request whose body is all in, hearing of the client leaving
+        from uvicorn's protocol (``CorkedTransport.on_lost``).
+
+        No task reads the client here: with its whole body sent, all that
+        receive() could still say is that the client left, and a task per
+        request to wait for that (a task group, a spawn, a cancel) was a
+        twentieth of the protocol server's time.
+        """
+        cork = self.cork
+        assert cork is not None
+        left = False
+
+        def lost() -> None:
+            nonlocal left
+            left = True
+            scope.cancel()  # no response can reach the client now
+
+        with anyio.CancelScope() as scope:
+            self.relay_scope = scope
+            if self.lost:
+                scope.cancel()
+            cork.on_lost = lost
+            try:
+                if cork.closed:
+                    lost()  # gone before we got here
+                await self._pump_response()
+            finally:
+                cork.on_lost = None
+        if left and not self.response_complete and self.worker:
+            # Tell the app. Not subject to the body window: a disconnect
+            # must get through even when the app reads nothing.
+            await self.layer.send(self.worker, {"type": "http.disconnect"})
+
+    async def _relay_listening(self, first: Message) -> None:
+        """Relay with a task reading the client: the rest of the body, then
+        its leaving (any ASGI server, and uvicorn while a body streams in)."""
+        async with anyio.create_task_group() as tg:
+            self.relay_scope = tg.cancel_scope
+            if self.lost:
+                tg.cancel_scope.cancel()
+            self._listening = True
+            if first.get("more_body", False):
+                tg.start_soon(self._pump_request)
+            else:
+                tg.start_soon(self._watch_disconnect)
+            await self._pump_response()
+            if self._listening:
+                # uvicorn ends the listener's receive() as soon as the
+                # response is complete, so it is usually done by the next
+                # loop turn: cheaper than cancelling it on every request.
+                await anyio.lowlevel.checkpoint()
+                if self._listening:
+                    tg.cancel_scope.cancel()
 
     async def _pump_request(self) -> None:
         """Forward the rest of the request body, then watch for the client leaving."""
@@ -197,7 +240,7 @@ class HttpBridge(Bridge):
         advertised = _TRAILERS in (self.scope.get("extensions") or {})
         # A start that arrived with more (its body, in one relay entry) is
         # held and leaves with that body in one write: see cork.py.
-        self.cork = cork = current_cork()
+        cork = self.cork
         try:
             await self._relay_response(advertised, cork)
         finally:

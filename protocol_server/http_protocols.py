@@ -193,6 +193,12 @@ class GuardedHttpToolsProtocol(_HeaderGuard, HttpToolsProtocol):
         finally:
             reset_current_cork(token)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        cork = self.__dict__.get("_cork")
+        if cork is not None:
+            cork.lost()
+
     def send_400_response(self, msg: str) -> None:
         if not self._head_over:
             super().send_400_response(msg)

@@ -78,7 +78,9 @@ class AppConnection:
         self._closed: Message | None = None  # the disconnect after the app's own close
         self._joiner = relay.Joiner()  # parts of a large WebSocket message
         self._outbox: list[Message] = []  # posted, not yet sent to the protocol server
-        self._flush_lock = anyio.Lock(fast_acquire=True)
+        # asyncio's: taken without a trip round the loop when free, and
+        # without anyio's per-call backend lookup (one per WebSocket message).
+        self._flush_lock = asyncio.Lock()
         self._flush_scheduled = False
         self._flushing = 0
         # The worker's task group: the inbox pump and background flushes run
@@ -316,7 +318,6 @@ class AppConnection:
         self._flushing += 1
         try:
             # Serialized: two overlapping broker calls could land out of order.
-            # fast_acquire: no needless trip round the loop when uncontended.
             async with self._flush_lock:
                 if not self._outbox:
                     return
