@@ -861,7 +861,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def _row(label: str, cells: list[str]) -> str:
-    return f"{label:<10}" + "".join(f"{cell:>12}" for cell in cells)
+    return f"{label:<10}" + "".join(f"{cell:>13}" for cell in cells)
 
 
 def report(
