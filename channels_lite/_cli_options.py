@@ -2,7 +2,8 @@
 
 Each init field becomes ``--field-name`` (type from its annotation's default),
 read also from ``CHANNELS_LITE_FIELD_NAME``; ``redis_url`` also from
-``REDIS_URL``. Help text comes from the dataclass's ``Attributes:`` docstring.
+``REDIS_URL``. A boolean field becomes a ``--field-name/--no-field-name``
+flag. Help text comes from the dataclass's ``Attributes:`` docstring.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ def config_options(cls: type, *, skip: tuple[str, ...] = ()) -> Callable[[F], F]
                 envvars.append("REDIS_URL")
             default = field.default
             kind = type(default) if default is not dataclasses.MISSING else str
+            flag = field.name.replace("_", "-")
+            # `--no-x` reads better than `--x false`, and is what uvicorn's own
+            # boolean options look like.
+            names = [f"--{flag}/--no-{flag}"] if kind is bool else [f"--{flag}"]
             fn = click.option(
-                f"--{field.name.replace('_', '-')}",
+                *names,
                 field.name,
                 type=kind,
                 default=default,

@@ -47,6 +47,26 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host, port
 
 
+#: What a boolean setting accepts from the environment: the words click accepts
+#: for a ``--flag/--no-flag`` option's variable, so both readers agree.
+_TRUE: Final = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE: Final = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def parse_bool(raw: str) -> bool:
+    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off`` (any case).
+
+    Raises:
+        ValueError: anything else (``bool("false")`` would be ``True``).
+    """
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(raw)
+
+
 def check_positive(name: str, value: float) -> None:
     """Raise :class:`ConfigError` unless ``value`` is a positive number."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels_lite.config import DEFAULT_REDIS_URL, check_positive, parse_bind
+from channels_lite.config import DEFAULT_REDIS_URL, check_positive, parse_bind, parse_bool
 from channels_lite.exceptions import ConfigError
 from channels_lite.sealing import keyring_from_settings
 
@@ -45,6 +45,12 @@ class Config:
             (response not started) or close 1011.
         http: uvicorn's HTTP implementation (``httptools`` or ``h11``).
         ws: uvicorn's WebSocket implementation (``websockets``, ``wsproto``, ...).
+        ws_per_message_deflate: agree to permessage-deflate (RFC 7692) when a
+            client offers it, as browsers do: less bandwidth for compressible
+            messages, at the price of CPU to compress every frame per
+            connection (a broadcast compresses the same message once per
+            client) and a zlib state per connection. Clients that do not offer
+            it are not affected either way.
         server_id: this process's id in Redis (random when empty).
         keys: the deployment's shared keys, ``id:base64key[,id:base64key...]``:
             every entry is written sealed with the first and must be sealed with
@@ -70,6 +76,7 @@ class Config:
     heartbeat_timeout: float = 5.0
     http: str = "httptools"
     ws: str = "websockets-sansio"
+    ws_per_message_deflate: bool = True
     server_id: str = ""
     keys: str = ""
     seal: str = "sign"
@@ -99,9 +106,9 @@ class Config:
                 name, raw = "REDIS_URL", env.get("REDIS_URL")
             if not raw:
                 continue
-            kind: type[Any] = type(fld.default)  # every field has a str/int/float default
+            kind: type[Any] = type(fld.default)  # every field has a str/int/float/bool default
             try:
-                params[fld.name] = kind(raw)
+                params[fld.name] = parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be {kind.__name__}, not {raw!r}") from None
         return cls(**params)

@@ -75,6 +75,7 @@ class Server:
             lifespan="on",
             log_config=None,
             ws_max_size=config.ws_max_size,
+            ws_per_message_deflate=config.ws_per_message_deflate,
             timeout_graceful_shutdown=math.ceil(config.shutdown_timeout),
             proxy_headers=False,
             server_header=False,

@@ -62,7 +62,10 @@ def table(name: str) -> str:
         if not param.help:
             raise SystemExit(f"channels-lite {name} {param.opts[0]} has no help text")
         option = param.opts[0]
-        rows.append(f"| `{option}` | {_envvars(param)} | {_default(param)} | {_text(param.help)} |")
+        meaning = _text(param.help)
+        if param.secondary_opts:  # a --x/--no-x flag
+            meaning += f" Off: `{param.secondary_opts[0]}`, or the variable set to `false`."
+        rows.append(f"| `{option}` | {_envvars(param)} | {_default(param)} | {meaning} |")
     return "\n".join(rows)
 
 

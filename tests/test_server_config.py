@@ -34,9 +34,11 @@ def test_values_are_read_and_typed() -> None:
             "CHANNELS_LITE_FLOW_WINDOW": "65536",
             "CHANNELS_LITE_QUEUE_TIMEOUT": "2.5",
             "CHANNELS_LITE_SERVER_ID": "edge-1",
+            "CHANNELS_LITE_WS_PER_MESSAGE_DEFLATE": "false",
             "UNRELATED": "x",
         }
     )
+    assert config.ws_per_message_deflate is False
     assert config.redis_url == "redis://example:6380/2"
     assert config.prefix == "site"
     assert config.flow_window == 65536
@@ -62,6 +64,7 @@ def test_redis_url_falls_back_to_REDIS_URL() -> None:
         ("CHANNELS_LITE_FLOW_WINDOW", "1MiB", "CHANNELS_LITE_FLOW_WINDOW must be int"),
         ("CHANNELS_LITE_QUEUE_TIMEOUT", "soon", "CHANNELS_LITE_QUEUE_TIMEOUT must be float"),
         ("CHANNELS_LITE_FLOW_WINDOW", "0", "flow_window must be positive"),
+        ("CHANNELS_LITE_WS_PER_MESSAGE_DEFLATE", "maybe", "must be bool"),
     ],
 )
 def test_bad_values_are_config_errors(name: str, value: str, message: str) -> None:
@@ -89,3 +92,22 @@ def test_server_id_must_fit_in_channel_names(server_id: str) -> None:
     with pytest.raises(ConfigError, match="server_id must be"):
         Config(server_id=server_id)
     assert Config(server_id="edge-1_a").server_id == "edge-1_a"
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        *[("true", True), ("1", True), ("Yes", True), ("on", True)],
+        *[("false", False), ("0", False), ("no", False), ("OFF", False)],
+    ],
+)
+def test_booleans_read_as_the_cli_reads_them(
+    monkeypatch: pytest.MonkeyPatch, raw: str, value: bool
+) -> None:
+    # Not bool(raw), for which "false" is true: the words click accepts for
+    # the option's variable, so the gateway under another server agrees.
+    variable = "CHANNELS_LITE_WS_PER_MESSAGE_DEFLATE"
+    assert Config.from_env({variable: raw}).ws_per_message_deflate is value
+    monkeypatch.setenv(variable, raw)
+    with protocol_server_cmd.make_context("protocol-server", []) as ctx:
+        assert ctx.params["ws_per_message_deflate"] is value

@@ -1,8 +1,9 @@
 """WebSocket through a whole deployment, as a client sees it.
 
-One protocol server with the default ``--ws-max-size`` (1 MiB) and one with
-a small one, two workers running ``probe:app`` (tests/e2e/apps/probe.py),
-the ``websockets`` client.
+One protocol server with the defaults (``--ws-max-size`` 1 MiB,
+permessage-deflate agreed), one with a small ``--ws-max-size`` and one with
+``--no-ws-per-message-deflate``, two workers running ``probe:app``
+(tests/e2e/apps/probe.py), the ``websockets`` client.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.anyio
 
 MiB = 1024 * 1024
 SMALL_MAX = 64 * 1024  # --ws-max-size of the second protocol server
+NO_DEFLATE = 2  # the third protocol server: --no-ws-per-message-deflate
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploymen
     with shared_deployment(
         tmp_path_factory.mktemp("ws"),
         "probe:app",
-        servers=[(), ("--ws-max-size", str(SMALL_MAX))],
+        servers=[(), ("--ws-max-size", str(SMALL_MAX)), ("--no-ws-per-message-deflate",)],
     ) as pair:
         yield pair
 
@@ -183,6 +185,30 @@ async def test_app_message_over_the_max_size_closes_with_1009(
     assert closed.rcvd.code == 1009
     record = await wait_for_file(e2e_dir / f"ws-{token}.json")
     assert record["code"] == 1009
+
+
+# ----------------------------------------------------------------------
+# Compression
+
+
+@pytest.mark.parametrize(
+    ("server", "agreed"), [(0, True), (NO_DEFLATE, False)], ids=["default", "off"]
+)
+async def test_permessage_deflate_is_agreed_unless_switched_off(
+    deployment: Deployment, server: int, agreed: bool
+) -> None:
+    # The websockets client offers permessage-deflate, as browsers do.
+    async with _connect(ws_url(deployment, "/ws/echo", server=server)) as ws:
+        assert ws.response is not None
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ("permessage-deflate" in extensions) is agreed, extensions
+        # Either way, messages flow both ways: compressible ones, an app-made
+        # one, and one too small to be worth compressing.
+        for message in ["x" * 100_000, "a", "ünïcødé " * 1000]:
+            await ws.send(message)
+            assert await ws.recv() == message
+        await ws.send("send 50000")
+        assert await ws.recv() == b"s" * 50_000
 
 
 # ----------------------------------------------------------------------
