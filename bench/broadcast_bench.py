@@ -539,6 +539,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Each client's messages, parsed now (after the run): latencies and what went wrong."""
     latencies: list[float] = []
+    first: dict[int, float] = {}  # message -> its earliest delivery's latency
     missing = duplicates = out_of_order = incomplete = 0
     last_receive: float | None = None
     for received in records:
@@ -558,12 +559,14 @@ def summarize(
                 out_of_order += 1
             expected = seq + 1
             latencies.append(received_at - sent)
+            first[seq] = min(first.get(seq, received_at - sent), received_at - sent)
             last_receive = received_at if last_receive is None else max(last_receive, received_at)
         lost = messages - len(seen & set(range(messages)))
         missing += lost
         incomplete += lost > 0
     return {
         "latencies": latencies,
+        "first": first,
         "missing": missing,
         "duplicates": duplicates,
         "out_of_order": out_of_order,
@@ -813,6 +816,12 @@ def run_once(
     errors = [error for part in parts for error in part["errors"]]
     ms = [x * 1000 for x in latencies]
     deliveries = len(latencies)
+    # How soon a broadcast starts to arrive, apart from how long it takes to
+    # reach everyone: the earliest delivery of each message, over all clients.
+    firsts: dict[int, float] = {}
+    for part in parts:
+        for seq, latency in part["first"].items():
+            firsts[seq] = min(firsts.get(seq, latency), latency)
     return {
         "system": system,
         "clients": args.clients,
@@ -832,6 +841,7 @@ def run_once(
         "p90_ms": percentile(ms, 0.90) if ms else None,
         "p99_ms": percentile(ms, 0.99) if ms else None,
         "max_ms": max(ms) if ms else None,
+        "first_ms": statistics.median(firsts.values()) * 1000 if firsts else None,
         "throughput_per_s": deliveries / (max(receives) - first_publish) if receives else None,
     }
 
@@ -839,7 +849,7 @@ def run_once(
 # ----------------------------------------------------------------------
 # The report
 
-_FIGURES = ("median_ms", "p90_ms", "p99_ms", "max_ms", "throughput_per_s")
+_FIGURES = ("median_ms", "p90_ms", "p99_ms", "max_ms", "throughput_per_s", "first_ms")
 _COUNTS = ("deliveries", "missing", "duplicates", "out_of_order", "client_errors")
 
 
@@ -861,7 +871,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def _row(label: str, cells: list[str]) -> str:
-    return f"{label:<10}" + "".join(f"{cell:>13}" for cell in cells)
+    return f"{label:<10}" + "".join(f" {cell:>13}" for cell in cells)
 
 
 def report(
@@ -887,8 +897,10 @@ def report(
         ours, peer = combined["ours"], combined["peer"]
         for key in _FIGURES:
             ratios[key] = ours[key] / peer[key] if ours[key] and peer[key] else None
-        print(_row("ours/peer", [_fmt(ratios[key], 2) for key in _FIGURES]))
+        print(_row("ours/peer", [_fmt(ratios[key], 2) for key in _FIGURES[:5]]))
         print("(latency ratio below 1: ours quicker; deliveries/s above 1: ours faster)")
+    firsts = ", ".join(f"{system} {_fmt(row['first_ms'])} ms" for system, row in combined.items())
+    print(f"first delivery of a message (median over messages): {firsts}")
     for system, row in combined.items():
         problems = [f"{key.replace('_', ' ')} {row[key]}" for key in _COUNTS[1:] if row[key]]
         if row["dropped"]:
