@@ -138,6 +138,7 @@ def make_layer(
         keys=keys,
         seal=seal,
         bundle_sends=True,
+        multiplex=True,
     )
 
 

@@ -202,7 +202,7 @@ class WorkQueue:
                 args.append(value)
         offers.busy += 1
         try:
-            ids: list[bytes] = await _OFFER(self._client(), [self.stream], args)
+            ids: list[bytes] = await _OFFER(self.layer._quick_for(self.stream), [self.stream], args)
         except RedisError as exc:
             raise _broker_error(exc) from exc
         finally:
@@ -265,7 +265,9 @@ class WorkQueue:
         if not ids:
             return set()
         try:
-            held = await _ACK_HELD(self._client(), [self.stream], [self.group, consumer, *ids])
+            held = await _ACK_HELD(
+                self.layer._quick_for(self.stream), [self.stream], [self.group, consumer, *ids]
+            )
         except RedisError as exc:
             raise _broker_error(exc) from exc
         return set(held)

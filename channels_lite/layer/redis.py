@@ -40,6 +40,7 @@ from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
 from ..sealing import keyring_from_env
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
+from ._mux import Multiplexed
 from ._names import _channel_ok, check_channel
 
 __all__ = ["RedisStreamsChannelLayer"]
@@ -73,8 +74,14 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(
-        self, client: aioredis.Redis, keys: Sequence[str], args: Iterable[Any]
+        self, client: aioredis.Redis | Multiplexed, keys: Sequence[str], args: Iterable[Any]
     ) -> Any:
+        if isinstance(client, Multiplexed):
+            try:
+                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await client.execute("SCRIPT", "LOAD", self.source)
+                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -100,6 +107,8 @@ class _Batch:
 @dataclass(slots=True)
 class _Clients:
     clients: list[aioredis.Redis]
+    #: Per host, the loop's shared connection for quick commands (``multiplex``).
+    quick: list[aioredis.Redis | Multiplexed]
     batch: _Batch | None = None
     direct: int = 0  # appends executing outside a batch
 
@@ -157,6 +166,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         seal: str | None = None,
         *,
         bundle_sends: bool = False,
+        multiplex: bool = False,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -170,6 +180,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         )
         self.hosts = _parse_hosts(hosts)
         self.bundle_sends = bundle_sends
+        self.multiplex = multiplex
         # Abandoned streams vanish once everything in them would have expired.
         self._stream_ttl_ms = self._expiry_ms + 10_000
 
@@ -179,7 +190,11 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
     def _clients(self, state: _LoopState | None = None) -> _Clients:
         state = state or self._state()
         if state.backend is None:
-            state.backend = _Clients([_make_client(url, kw) for url, kw in self.hosts])
+            hosts = [_make_client(url, kw) for url, kw in self.hosts]
+            quick: list[aioredis.Redis | Multiplexed] = (
+                [Multiplexed(client) for client in hosts] if self.multiplex else list(hosts)
+            )
+            state.backend = _Clients(hosts, quick)
         clients: _Clients = state.backend
         return clients
 
@@ -189,6 +204,10 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
 
     def _client_for(self, key: str) -> aioredis.Redis:
         return self._clients().clients[self._host_index(key)]
+
+    def _quick_for(self, key: str) -> aioredis.Redis | Multiplexed:
+        """Where a command on ``key`` that never blocks in Redis goes (``multiplex``)."""
+        return self._clients().quick[self._host_index(key)]
 
     # ------------------------------------------------------------------
     # Primitives
@@ -229,7 +248,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             return result
         groups = self._bundle(list(enumerate(appends)))
         try:
-            reply = await _APPEND(clients.clients[host], *self._append_args([a for _, a in groups]))
+            reply = await _APPEND(clients.quick[host], *self._append_args([a for _, a in groups]))
         except (RedisError, OSError) as exc:
             raise _broker_error(exc) from exc
         added = [False] * len(appends)
@@ -256,7 +275,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         failed: dict[int, BaseException] = {}
 
         async def run(host: int, work: list[tuple[int, int, Append]]) -> None:
-            client = clients.clients[host]
+            client = clients.quick[host]
             groups = self._bundle([((i, j), append) for i, j, append in work])
             for start in range(0, len(groups), _MAX_KEYS_PER_CALL):
                 chunk = groups[start : start + _MAX_KEYS_PER_CALL]
@@ -418,7 +437,11 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         ]
 
     async def _delete(self, stream: str, ids: list[bytes]) -> None:
-        await self._call(self._client_for(stream).xdel(stream, *ids))
+        client = self._quick_for(stream)
+        if isinstance(client, Multiplexed):
+            await self._call(client.execute("XDEL", stream, *ids))
+        else:
+            await self._call(client.xdel(stream, *ids))
 
     async def _group_add(self, key: str, channel: str) -> None:
         await self._call(_GROUP_ADD(self._client_for(key), [key], [channel, self._group_expiry_ms]))
@@ -481,6 +504,9 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
 
     async def _close_backend(self, state: _LoopState) -> None:
         if state.backend is not None:
+            for quick in state.backend.quick:
+                if isinstance(quick, Multiplexed):
+                    await quick.close()
             for client in state.backend.clients:
                 await client.aclose()
 

@@ -29,6 +29,18 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis_only]
 Factory = Callable[..., RedisServer]
 
 
+@pytest.fixture(params=[False, True], ids=["pooled", "multiplexed"])
+def make_redis_layer(request: pytest.FixtureRequest, make_redis_layer: Any) -> Any:
+    """Each test twice: quick commands on the pool, and on the one shared
+    connection the runtime's relay uses (``multiplex``), which opens its
+    connection itself and must honour AUTH, ACL users and TLS the same."""
+
+    def make(**kwargs: Any) -> Any:
+        return make_redis_layer(multiplex=request.param, **kwargs)
+
+    return make
+
+
 async def _exercise(layer: Any) -> None:
     """send/receive on a normal and a process-specific channel, group_send, flush."""
     specific = await layer.new_channel()

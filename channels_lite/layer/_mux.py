@@ -1,0 +1,142 @@
+"""One Redis connection shared by every quick command of an event loop.
+
+redis-py's pool gives each command in flight a connection of its own: under
+load a process holds dozens, every command pays for taking and returning
+one, and each reply is a read of its own. Measured here, a command cost 50
+us of the caller's CPU that way, against 11 us when the commands of a loop
+share one connection and its replies are read in order as they come.
+
+So the relay's quick commands (appends, offers, acks, deletes: none blocks
+in Redis) go through a :class:`Multiplexed` connection: each is written at
+once, in the order called, and one reader task hands out the replies in the
+same order. Blocking reads (``XREAD BLOCK``, ``XREADGROUP BLOCK``) would
+hold up every reply queued behind them, so they stay on the pool.
+
+The connection is redis-py's own (the pool's ``make_connection``), so the
+URL's TLS, AUTH, ACL user and database apply unchanged. When it breaks,
+every command waiting on it fails with the connection error (the callers
+map it to ``BrokerUnavailable``) and the next command opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+logger = logging.getLogger(__name__)
+
+
+class Multiplexed:
+    """Pipelined commands on one connection of ``client``'s pool, replies in order."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._conn: Any = None  # redis.asyncio.Connection, once connected
+        self._connecting: asyncio.Future[Any] | None = None
+        self._pending: deque[asyncio.Future[Any]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        # Packed commands of this loop turn after its first, not yet written;
+        # None when no command has been written this turn.
+        self._out: list[bytes] | None = None
+
+    async def execute(self, *args: Any) -> Any:
+        """Send one command; return its reply (raise its error).
+
+        Cancellation: the command may or may not have been written; its
+        reply, when it comes, is dropped. The connection is unaffected.
+        """
+        conn = self._conn
+        if conn is None:
+            conn = await self._connect()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        # Queued for writing and for its reply in one step, with no await
+        # between: the order of the writes is the order of the replies.
+        # The first command of a loop turn is written at once (the lowest
+        # latency when idle); those after it in the same turn wait for the
+        # turn's end and leave together, in one write.
+        packed = conn.pack_command(*args)
+        if self._out is None:
+            conn._writer.writelines(packed)
+            self._out = []
+            loop.call_soon(self._write, conn)
+        else:
+            self._out.extend(packed)
+        self._pending.append(future)
+        return await future
+
+    def _write(self, conn: Any) -> None:
+        out, self._out = self._out, None
+        if out and conn is self._conn:
+            conn._writer.writelines(out)
+        # else nothing came after the first, or the connection broke
+        # meanwhile (its commands have failed)
+
+    async def _connect(self) -> Any:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            # Shared: concurrent first commands wait for the same connection.
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> Any:
+        conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect()  # the pool's settings: TLS, AUTH, database
+        self._conn = conn
+        self._reader = asyncio.ensure_future(self._read(conn))
+        return conn
+
+    async def _read(self, conn: Any) -> None:
+        """Hand out the replies in order until the connection fails."""
+        pending = self._pending
+        try:
+            while True:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as exc:
+                    reply = exc
+                future = pending.popleft()
+                if future.done():
+                    continue  # its caller was cancelled
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except Exception as exc:
+            # Broken (Redis restarted, the network failed): the next command
+            # opens a new connection; those waiting on this one fail.
+            logger.debug("quick-command connection lost: %s", exc)
+            self._fail(conn, exc)
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+        except BaseException:
+            self._fail(conn, RedisConnectionError("connection closed"))
+            raise
+
+    def _fail(self, conn: Any, exc: BaseException) -> None:
+        if self._conn is conn:
+            self._conn = None
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    async def close(self) -> None:
+        """Close the connection; commands still waiting fail."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.disconnect()
+            self._conn = None
