@@ -201,9 +201,13 @@ class AppConnection:
         return message
 
     async def _send_credit(self) -> None:
+        await self._emit(self._take_credit())
+
+    def _take_credit(self) -> Message:
+        """A credit for everything the app has read since the last one."""
         amount, self._consumed = self._consumed, 0
         messages, self._consumed_messages = self._consumed_messages, 0
-        await self._emit({"type": relay.CREDIT, "bytes": amount, "messages": messages})
+        return {"type": relay.CREDIT, "bytes": amount, "messages": messages}
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")
@@ -322,6 +326,12 @@ class AppConnection:
                 if not self._outbox:
                     return
                 events, self._outbox = self._outbox, []
+                if self.kind == "websocket" and (self._consumed or self._consumed_messages):
+                    # What the app has read goes out with what it sends (an
+                    # echo, a reply): the credit it would send on its next
+                    # receive was one more entry, and one more wake-up of the
+                    # protocol server, per message.
+                    events.insert(0, self._take_credit())
                 messages = relay.batch(events)
                 if len(messages) == 1:
                     await self.layer.send(self.peer, messages[0])
