@@ -415,15 +415,17 @@ async def _run_clients(job: ClientJob, conn: Connection) -> dict[str, Any]:
     else:
         session = await _LeanSession.open(job, gate, one_done)
     conn.send(("opened", {"pids": session.pids, "seconds": now() - started}))
+    cpu_from = time.process_time()
 
     waits = [asyncio.ensure_future(all_done.wait()), asyncio.ensure_future(stop.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    cpu = time.process_time() - cpu_from  # receiving only: parsing comes after
     for task in waits:
         task.cancel()
     await asyncio.sleep(0.5)  # let any extra delivery already on its way show up
     records, errors = session.records(), session.errors()
     await session.close()
-    return summarize(records, job.messages, errors)
+    return {**summarize(records, job.messages, errors), "cpu_seconds": cpu}
 
 
 class _Session:
@@ -586,9 +588,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The deployments' processes by pid: ("ours" | "peer" | "shared", role), for CPU accounting.
+ROLES: dict[int, tuple[str, str]] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def spawn(
-    args: list[str], log: Path, ready: re.Pattern[str], env: dict[str, str] | None = None
+    args: list[str],
+    log: Path,
+    ready: re.Pattern[str],
+    env: dict[str, str] | None = None,
+    role: tuple[str, str] | None = None,
 ) -> Iterator[re.Match[str]]:
     """Run ``args`` in its own process group, logging to ``log``; yield the ready match."""
     with log.open("w") as out:
@@ -600,6 +619,8 @@ def spawn(
             cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
+    if role is not None:
+        ROLES[proc.pid] = role
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -611,6 +632,7 @@ def spawn(
             time.sleep(0.05)  # a benchmark, not a test: polling the log is fine
         yield match
     finally:
+        ROLES.pop(proc.pid, None)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -633,6 +655,7 @@ def start_redis(stack: ExitStack, logs: Path) -> int:
             ],
             logs / "redis.log",
             re.compile(r"Ready to accept connections"),
+            role=("shared", "redis"),
         )
     )
     return port
@@ -650,6 +673,7 @@ def start_ours(stack: ExitStack, logs: Path, redis_url: str, args: argparse.Name
                 ],
                 logs / f"worker{i}.log",
                 re.compile(r"serving "),
+                role=("ours", "workers"),
             )
         )
     urls = []
@@ -659,6 +683,7 @@ def start_ours(stack: ExitStack, logs: Path, redis_url: str, args: argparse.Name
                 [PY, "-m", "channels_lite", "protocol-server", "--bind", "127.0.0.1:0", *common],
                 logs / f"server{i}.log",
                 LISTENING,
+                role=("ours", "servers"),
             )
         )
         urls.append(f"ws://127.0.0.1:{match[1]}/chat")
@@ -679,6 +704,7 @@ def start_peer(stack: ExitStack, logs: Path, redis_url: str, args: argparse.Name
                 logs / f"peer{i}.log",
                 UVICORN_RUNNING,
                 env={"BENCH_PEER_REDIS_URL": redis_url},
+                role=("peer", "servers"),
             )
         )
         urls.append(f"ws://127.0.0.1:{match[1]}/chat")
@@ -788,6 +814,13 @@ def run_once(
             f"per app pid: {dict(pids)}",
             file=sys.stderr,
         )
+        # CPU of everything this run makes work, from the first publish to
+        # the last delivery collected: where a delivery's cost goes.
+        accounted = {
+            pid: role for pid, (owner, role) in ROLES.items() if owner in (system, "shared")
+        }
+        cpu_before = {pid: cpu_seconds(pid) for pid in accounted}
+        publisher_before = time.process_time()
         first_publish, dropped = asyncio.run(publish(schedule, args.burst))
         deadline = now() + DELIVERY_TIMEOUT
         parts, late = [], False
@@ -797,6 +830,10 @@ def run_once(
                 with suppress(BrokenPipeError):  # it has just finished and gone
                     conn.send("stop")
             parts.append(_receive(conn, 30, "collecting")[1])
+        cpu: dict[str, float] = {"publisher": time.process_time() - publisher_before}
+        for pid, role in accounted.items():
+            cpu[role] = cpu.get(role, 0.0) + cpu_seconds(pid) - cpu_before[pid]
+        cpu["clients"] = sum(part["cpu_seconds"] for part in parts)
         if late:
             print(
                 f"  !! {system}: not every client got every message within "
@@ -842,6 +879,12 @@ def run_once(
         "p99_ms": percentile(ms, 0.99) if ms else None,
         "max_ms": max(ms) if ms else None,
         "first_ms": statistics.median(firsts.values()) * 1000 if firsts else None,
+        # CPU microseconds per delivery, by role.
+        "cpu_us_per_delivery": {
+            role: seconds * 1e6 / deliveries for role, seconds in sorted(cpu.items())
+        }
+        if deliveries
+        else {},
         "throughput_per_s": deliveries / (max(receives) - first_publish) if receives else None,
     }
 
@@ -863,6 +906,11 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         combined[key] = sum(r[key] for r in rounds)
     dropped = [r["dropped"] for r in rounds if r["dropped"] is not None]
     combined["dropped"] = sum(dropped) if dropped else None
+    roles = {role for r in rounds for role in r["cpu_us_per_delivery"]}
+    combined["cpu_us_per_delivery"] = {
+        role: statistics.median(r["cpu_us_per_delivery"].get(role, 0.0) for r in rounds)
+        for role in sorted(roles)
+    }
     return combined
 
 
@@ -901,6 +949,11 @@ def report(
         print("(latency ratio below 1: ours quicker; deliveries/s above 1: ours faster)")
     firsts = ", ".join(f"{system} {_fmt(row['first_ms'])} ms" for system, row in combined.items())
     print(f"first delivery of a message (median over messages): {firsts}")
+    for system, row in combined.items():
+        shares = row["cpu_us_per_delivery"]
+        total = sum(shares.values())
+        detail = ", ".join(f"{role} {_fmt(us)}" for role, us in shares.items())
+        print(f"CPU us per delivery, {system}: {_fmt(total)} ({detail})")
     for system, row in combined.items():
         problems = [f"{key.replace('_', ' ')} {row[key]}" for key in _COUNTS[1:] if row[key]]
         if row["dropped"]:
