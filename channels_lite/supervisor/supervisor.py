@@ -161,7 +161,12 @@ def _argv(command: str, params: dict[str, Any]) -> list[str]:
     if "app" in params:
         argv.append(params.pop("app"))
     for name, value in params.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
+        option = name.replace("_", "-")
+        if isinstance(value, bool):
+            # Boolean settings are --x/--no-x flags (channels_lite/_cli_options.py).
+            argv.append(f"--{option}" if value else f"--no-{option}")
+        else:
+            argv += [f"--{option}", str(value)]
     return argv
 
 
