@@ -5,7 +5,9 @@ every server):
 
 * throughput: ``wrk`` with 50 connections for a few seconds, requests/s;
 * added latency: ``wrk`` with one connection, median latency;
-* WebSocket echo: one client sending and awaiting 2,000 echoes, median RTT.
+* WebSocket echo: one client sending and awaiting 2,000 echoes, median RTT;
+* CPU per request during the throughput run, by process (server, worker,
+  Redis; from ``/proc``, Linux): what the rate costs, and where.
 
 Servers: uvicorn running the app in-process (httptools), daphne in-process,
 and channels-lite (one protocol server + one worker + a private Redis). The
@@ -91,20 +93,20 @@ def spawn(
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server() -> Iterator[tuple[str, int]]:
     port = free_port()
     with (
         tempfile.TemporaryDirectory() as tmp,
         spawn(
             ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
             port=port,
-        ),
+        ) as redis,
     ):
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", redis.pid
 
 
 @contextmanager
-def uvicorn_server() -> Iterator[str]:
+def uvicorn_server() -> Iterator[tuple[str, Roles]]:
     port = free_port()
     args = [
         PY,
@@ -119,35 +121,46 @@ def uvicorn_server() -> Iterator[str]:
         "--log-level",
         "warning",
     ]
-    with spawn(args, port=port):
-        yield f"127.0.0.1:{port}"
+    with spawn(args, port=port) as server:
+        yield f"127.0.0.1:{port}", {"server": server.pid}
 
 
 @contextmanager
-def daphne_server() -> Iterator[str]:
+def daphne_server() -> Iterator[tuple[str, Roles]]:
     port = free_port()
-    with spawn([PY, "-m", "daphne", "-p", str(port), "hello:app"], port=port):
-        yield f"127.0.0.1:{port}"
+    with spawn([PY, "-m", "daphne", "-p", str(port), "hello:app"], port=port) as server:
+        yield f"127.0.0.1:{port}", {"server": server.pid}
 
 
 @contextmanager
-def channels_lite_server(redis_url: str) -> Iterator[str]:
+def channels_lite_server(redis_url: str, redis_pid: int) -> Iterator[tuple[str, Roles]]:
     port = free_port()
     common = ["--redis-url", redis_url, "--log-level", "warning"]
     worker = [PY, "-m", "channels_lite", "worker", "hello:app", "--app-dir", str(APPS), *common]
     server = [PY, "-m", "channels_lite", "protocol-server", "--bind", f"127.0.0.1:{port}", *common]
-    with spawn(worker), spawn(server, port=port):
+    with spawn(worker) as worker_proc, spawn(server, port=port) as server_proc:
         # One request end to end so the worker is known to be pulling.
         subprocess.run(
             ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
             capture_output=True,
             check=True,
         )
-        yield f"127.0.0.1:{port}"
+        roles = {"server": server_proc.pid, "worker": worker_proc.pid, "redis": redis_pid}
+        yield f"127.0.0.1:{port}", roles
 
 
-def wrk(address: str, connections: int, duration: float) -> tuple[float, float]:
-    """Requests/s and median latency (ms) from one wrk run."""
+#: The processes that serve, by role, for CPU accounting.
+Roles = dict[str, int]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(address: str, connections: int, duration: float) -> tuple[float, float, int]:
+    """Requests/s, median latency (ms) and requests made, from one wrk run."""
     out = subprocess.run(
         [
             "wrk",
@@ -164,7 +177,8 @@ def wrk(address: str, connections: int, duration: float) -> tuple[float, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50[2]]  # type: ignore[index]
-    return rps, float(p50[1]) * scale  # type: ignore[index]
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    return rps, float(p50[1]) * scale, requests  # type: ignore[index]
 
 
 async def ws_rtt(address: str, count: int = 2000) -> float:
@@ -184,17 +198,30 @@ async def ws_rtt(address: str, count: int = 2000) -> float:
 
 
 def run_round(
-    name: str, address: str, duration: float, results: dict[str, dict[str, list[float]]]
+    name: str,
+    address: str,
+    roles: Roles,
+    duration: float,
+    results: dict[str, dict[str, list[float]]],
 ) -> None:
-    rps, _ = wrk(address, 50, duration)
-    _, p50 = wrk(address, 1, duration)
+    # CPU per request under load, by process: where the time goes, which
+    # a rate alone does not say (wrk's own CPU not included).
+    before = {role: cpu_seconds(pid) for role, pid in roles.items()}
+    rps, _, requests = wrk(address, 50, duration)
+    cpu = {role: (cpu_seconds(pid) - before[role]) * 1e6 / requests for role, pid in roles.items()}
+    _, p50, _ = wrk(address, 1, duration)
     rtt = asyncio.run(ws_rtt(address)) if name != "daphne" else float("nan")
     entry = results.setdefault(name, {"rps": [], "p50_ms": [], "ws_rtt_ms": []})
     entry["rps"].append(rps)
     entry["p50_ms"].append(p50)
     entry["ws_rtt_ms"].append(rtt)
+    for role, us in cpu.items():
+        entry.setdefault(f"cpu_us_{role}", []).append(us)
+    shares = ", ".join(f"{role} {us:.0f}" for role, us in cpu.items())
     print(
-        f"  {name:13s} {rps:9.0f} req/s   c=1 p50 {p50:6.3f} ms   ws rtt {rtt:6.3f} ms", flush=True
+        f"  {name:13s} {rps:9.0f} req/s   c=1 p50 {p50:6.3f} ms   ws rtt {rtt:6.3f} ms"
+        f"   CPU us/request at c=50: {shares}",
+        flush=True,
     )
 
 
@@ -209,21 +236,24 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is required (apt-get install wrk)")
     results: dict[str, dict[str, list[float]]] = {}
-    with redis_server() as redis_url:
+    with redis_server() as (redis_url, redis_pid):
         for round_no in range(1, args.rounds + 1):
             print(f"round {round_no}/{args.rounds}", flush=True)
-            with uvicorn_server() as address:
-                run_round("uvicorn", address, args.duration, results)
-            with daphne_server() as address:
-                run_round("daphne", address, args.duration, results)
-            with channels_lite_server(redis_url) as address:
-                run_round("channels-lite", address, args.duration, results)
+            with uvicorn_server() as (address, roles):
+                run_round("uvicorn", address, roles, args.duration, results)
+            with daphne_server() as (address, roles):
+                run_round("daphne", address, roles, args.duration, results)
+            with channels_lite_server(redis_url, redis_pid) as (address, roles):
+                run_round("channels-lite", address, roles, args.duration, results)
     med = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in results.items()}
     ours, uv, dp = med["channels-lite"], med["uvicorn"], med["daphne"]
     print("\nmedians over rounds")
     for name, m in med.items():
         line = f"  {name:13s} {m['rps']:9.0f} req/s   c=1 p50 {m['p50_ms']:6.3f} ms"
-        print(f"{line}   ws rtt {m['ws_rtt_ms']:6.3f} ms")
+        cpu = {key[len("cpu_us_") :]: us for key, us in m.items() if key.startswith("cpu_us_")}
+        shares = ", ".join(f"{role} {us:.0f}" for role, us in cpu.items())
+        total = sum(cpu.values())
+        print(f"{line}   ws rtt {m['ws_rtt_ms']:6.3f} ms   CPU us/request {total:.0f} ({shares})")
     print(f"\nchannels-lite / uvicorn req/s: {ours['rps'] / uv['rps']:.1%} (goal >= 40%)")
     print(f"channels-lite / daphne  req/s: {ours['rps'] / dp['rps']:.2f}x (goal >= 2x)")
     print(f"added median latency at c=1:   {ours['p50_ms'] - uv['p50_ms']:.3f} ms (goal <= 0.3 ms)")
