@@ -10,7 +10,7 @@ Redis servers throughout; a private one where the test kills it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import pytest
@@ -108,3 +108,62 @@ async def test_a_broken_connection_fails_its_callers_and_the_next_command_reconn
     finally:
         await mux.close()
         await client.aclose()
+
+
+async def _poll(predicate: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (at most 5 s) until ``await predicate()`` is true."""
+    with anyio.fail_after(5):
+        while not await predicate():  # noqa: ASYNC110 (Redis offers no event)
+            await asyncio.sleep(0.01)
+
+
+async def test_a_caller_cancelled_while_connecting_does_not_spoil_a_later_reconnect(
+    client: aioredis.Redis,
+) -> None:
+    # The only caller waiting for the first connection gives up (a request
+    # cancelled at start-up); the connection opens anyway and serves. When it
+    # later breaks, the next commands must reconnect, not reuse the dead one.
+    mux = Multiplexed(client)
+    first = asyncio.ensure_future(mux.execute("PING"))
+    await asyncio.sleep(0)  # it now waits for the connection being opened
+    first.cancel()
+
+    async def opened() -> bool:
+        # White-box, for the timing only: another command while the
+        # connection is still opening would wait for it too, and hide the bug.
+        return mux._conn is not None
+
+    await _poll(opened)
+    try:
+        mux_id = await mux.execute("CLIENT", "ID")
+        await client.client_kill_filter(_id=mux_id)
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    assert await mux.execute("PING") == b"PONG"
+                    break
+                except redis.exceptions.ConnectionError:
+                    await asyncio.sleep(0.01)  # broken, not yet noticed: next one reconnects
+        assert await mux.execute("CLIENT", "ID") != mux_id
+    finally:
+        await mux.close()
+
+
+async def test_close_while_connecting_leaves_no_connection_open(client: aioredis.Redis) -> None:
+    # layer.close() at shutdown while a command waits for the connection:
+    # the connection must not open behind close()'s back and stay open.
+    mux = Multiplexed(client)
+    before = await _connections(client)
+    waiting = asyncio.ensure_future(mux.execute("PING"))
+    await asyncio.sleep(0)  # waiting for the connection being opened
+    await mux.close()
+    with anyio.fail_after(5):
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await waiting
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await mux.execute("PING")  # closed is closed: nothing reopens
+
+    async def closed() -> bool:
+        return await _connections(client) == before
+
+    await _poll(closed)
