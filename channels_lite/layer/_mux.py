@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from typing import Any
@@ -39,12 +40,14 @@ class Multiplexed:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._conn: Any = None  # redis.asyncio.Connection, once connected
-        self._connecting: asyncio.Future[Any] | None = None
+        self._connecting: asyncio.Future[Any] | None = None  # settled when opened (or not)
+        self._opener: asyncio.Task[Any] | None = None  # the task opening it
         self._pending: deque[asyncio.Future[Any]] = deque()
         self._reader: asyncio.Task[None] | None = None
         # Packed commands of this loop turn after its first, not yet written;
         # None when no command has been written this turn.
         self._out: list[bytes] | None = None
+        self._closed = False  # close() was called: nothing opens again
 
     async def execute(self, *args: Any) -> Any:
         """Send one command; return its reply (raise its error).
@@ -80,18 +83,55 @@ class Multiplexed:
         # meanwhile (its commands have failed)
 
     async def _connect(self) -> Any:
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
-        try:
-            # Shared: concurrent first commands wait for the same connection.
-            return await asyncio.shield(self._connecting)
-        finally:
-            if self._connecting is not None and self._connecting.done():
-                self._connecting = None
+        if self._closed:
+            raise RedisConnectionError("the quick-command connection is closed")
+        connecting = self._connecting
+        if connecting is None:
+            # A future of our own, settled when the opening ends, whoever
+            # still waits: were it left to the waiters to forget, a connect
+            # whose callers were all cancelled would stay, and hand out its
+            # connection again after that one broke.
+            connecting = self._connecting = asyncio.get_running_loop().create_future()
+            opener = self._opener = asyncio.ensure_future(self._open())
+            opener.add_done_callback(functools.partial(self._opened, connecting))
+        # Shared: concurrent first commands wait for the same connection.
+        conn = await asyncio.shield(connecting)
+        if conn is not self._conn:
+            # Broke (or was closed) between opening and this caller waking:
+            # its writer is gone, and a reply on it would match no one.
+            raise RedisConnectionError("the quick-command connection closed as it opened")
+        return conn
+
+    def _opened(self, connecting: asyncio.Future[Any], opener: asyncio.Task[Any]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if self._opener is opener:
+            self._opener = None
+        if opener.cancelled():
+            # close() (or the loop's end) stopped it: the waiters fail as on
+            # a connection that broke, not as if they had been cancelled.
+            exc: BaseException | None = RedisConnectionError(
+                "the quick-command connection is closed"
+            )
+        else:
+            exc = opener.exception()
+        if exc is None:
+            connecting.set_result(opener.result())
+        else:
+            connecting.set_exception(exc)
+            connecting.exception()  # marked seen: a failure nobody waits for is no warning
 
     async def _open(self) -> Any:
         conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        await conn.connect()  # the pool's settings: TLS, AUTH, database
+        try:
+            await conn.connect()  # the pool's settings: TLS, AUTH, database
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)  # a socket opened before the failure
+            raise
+        if self._closed:
+            await conn.disconnect()
+            raise RedisConnectionError("the quick-command connection is closed")
         self._conn = conn
         self._reader = asyncio.ensure_future(self._read(conn))
         return conn
@@ -132,11 +172,17 @@ class Multiplexed:
                 future.set_exception(exc)
 
     async def close(self) -> None:
-        """Close the connection; commands still waiting fail."""
+        """Close the connection; commands still waiting fail, later ones too."""
+        self._closed = True
+        opener = self._opener
+        if opener is not None:
+            # Not left to open behind our back (and serve on, unclosed).
+            opener.cancel()
+            await asyncio.gather(opener, return_exceptions=True)
+        conn, self._conn = self._conn, None
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.disconnect()
-            self._conn = None
+        if conn is not None:
+            await conn.disconnect()
