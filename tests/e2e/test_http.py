@@ -249,6 +249,47 @@ async def test_keep_alive_reuses_the_connection(deployment: Deployment) -> None:
     assert len(ports) == 1, ports
 
 
+async def test_pipelined_requests_are_answered_in_order(deployment: Deployment) -> None:
+    # All four arrive in one segment: uvicorn queues the last three and starts
+    # each when the one before has been answered, all writing through the one
+    # per-connection cork (protocol_server/cork.py); a HEAD has no body, and
+    # the last asks for the connection to close.
+    parts = urlsplit(deployment.url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    methods = ["GET", "HEAD", "POST", "GET"]
+    request = b"".join(
+        [
+            b"GET /p1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /p2 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /p3 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ]
+    )
+    async with await anyio.connect_tcp(parts.hostname, parts.port) as stream:
+        await stream.send(request)
+        data = b""
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    data += await stream.receive()
+                except anyio.EndOfStream:
+                    break
+    paths = []
+    for method in methods:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        assert sep, (method, head)
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 200 "), lines[0]
+        fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+        length = 0 if method == "HEAD" else int(fields[b"content-length"])
+        body, data = data[:length], data[length:]
+        if method != "HEAD":
+            paths.append(json.loads(body)["path"])
+    assert data == b""  # nothing more, nothing left over
+    assert paths == ["/p1", "/p3", "/p4"]
+
+
 async def test_scope_is_what_the_client_sent(deployment: Deployment) -> None:
     port = urlsplit(deployment.url).port
     request = (
