@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -142,7 +143,12 @@ class Multiplexed:
         try:
             while True:
                 try:
-                    reply = await conn.read_response()
+                    # Idle, the connection waits for nothing: no timeout (a
+                    # socket_timeout in the URL would otherwise drop it after
+                    # every quiet spell, and fail a command written just as it
+                    # fired). With commands waiting, the configured one applies
+                    # (None: TCP keepalive finds a dead peer, as on the pool).
+                    reply = await conn.read_response(timeout=None if pending else math.inf)
                 except ResponseError as exc:
                     reply = exc
                 future = pending.popleft()

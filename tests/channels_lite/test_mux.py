@@ -167,3 +167,17 @@ async def test_close_while_connecting_leaves_no_connection_open(client: aioredis
         return await _connections(client) == before
 
     await _poll(closed)
+
+
+async def test_a_socket_timeout_does_not_drop_an_idle_connection(redis_url: str) -> None:
+    # socket_timeout may come with the URL; idle, the shared connection waits
+    # for nothing and must not be dropped (and reopened) after every quiet spell.
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.3)
+    mux = Multiplexed(client)
+    try:
+        first = await mux.execute("CLIENT", "ID")
+        await anyio.sleep(1.0)  # more than three timeouts, with nothing waiting
+        assert await mux.execute("CLIENT", "ID") == first
+    finally:
+        await mux.close()
+        await client.aclose()
