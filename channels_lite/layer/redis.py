@@ -140,6 +140,12 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             runtime's relay uses it: a broadcast answered by 500 connections
             of a worker is one entry per protocol server, not 500. Capacity
             then counts entries, not messages, so it is off by default.
+        multiplex: send the commands that never block in Redis (sends,
+            deletes) of one event loop down one pipelined connection per host
+            (``layer/_mux.py``) instead of a pooled connection each. The
+            runtime's relay uses it; for the layer in general the
+            layer benchmark showed no clear difference either way yet, so it
+            is off by default.
         keys: the deployment's keyring, ``id:base64key[,...]`` (the first
             writes, all read): entries are sealed, and unsealed ones refused.
             ``None`` reads ``CHANNELS_LITE_KEYS``; ``""`` means no keyring.
