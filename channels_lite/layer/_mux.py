@@ -1,10 +1,12 @@
 """One Redis connection shared by every quick command of an event loop.
 
-redis-py's pool gives each command in flight a connection of its own: under
-load a process holds dozens, every command pays for taking and returning
-one, and each reply is a read of its own. Measured here, a command cost 50
+redis-py's pool gives each command in flight a connection of its own: every
+command pays for taking and returning one, and each reply is a read of its
+own. In a micro-benchmark of 50 concurrent callers here, a command cost 50
 us of the caller's CPU that way, against 11 us when the commands of a loop
-share one connection and its replies are read in order as they come.
+share one connection and its replies are read in order as they come. (The
+runtime coalesces most of its commands already, so a protocol server and a
+worker under 200 clients held about 10 connections before, 7 after.)
 
 So the relay's quick commands (appends, offers, acks, deletes: none blocks
 in Redis) go through a :class:`Multiplexed` connection: each is written at
