@@ -131,9 +131,30 @@ class Gateway:
             logger.debug("cannot tell the workers: %s", exc)
 
     async def _watch_workers(self, ctx: ServerContext, heartbeat: Heartbeat) -> None:
-        """Fail the connections of workers that stopped beating (502 or 1011)."""
+        """Fail the connections of workers that stopped beating (502 or 1011),
+        and every connection once Redis has been unreachable for longer than
+        ``heartbeat_timeout``."""
         while True:
             await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
+            since = heartbeat.failing_since
+            if (
+                since is not None
+                and ctx.by_worker
+                and anyio.current_time() - since > self.config.heartbeat_timeout
+            ):
+                # Nothing of these connections can cross Redis, and past a
+                # heartbeat timeout everyone counts us gone anyway (our beat
+                # has lapsed; each worker disconnects its apps when it sees
+                # Redis again): the clients hear it now, not when Redis is
+                # back, which nothing else bounds. Said once per outage: the
+                # connections failed are gone from by_worker.
+                lost = [b for w in list(ctx.by_worker) for b in ctx.worker_lost(w)]
+                logger.warning(
+                    "broker unreachable for over %.1fs: failed %d connection(s) in flight",
+                    self.config.heartbeat_timeout,
+                    len(lost),
+                )
+                continue
             # A snapshot: a worker whose first connection is claimed while
             # the check is on its way was not checked, so is not judged.
             checked = list(ctx.by_worker)

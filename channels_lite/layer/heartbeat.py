@@ -84,6 +84,8 @@ class Heartbeat:
         self._running = False
         # anyio clock: before this, Redis's view of liveness is not trusted.
         self._trust_from = 0.0
+        #: Since when (anyio clock) refreshes fail: Redis unreachable; None while they work.
+        self.failing_since: float | None = None
         # A refresh and a check never overlap: a check whose reply lands just
         # after a refresh found the key gone must not judge peers that have
         # not beaten again yet.
@@ -136,12 +138,14 @@ class Heartbeat:
                 except (RedisError, OSError) as exc:
                     if not failing:
                         logger.warning("heartbeat %s: cannot refresh (%s)", self.key, exc)
+                        self.failing_since = anyio.current_time()
                     failing = True
                     self._distrust()
                     continue
                 if failing:
                     logger.warning("heartbeat %s: refreshing again", self.key)
                     failing = False
+                    self.failing_since = None
                     self._distrust()  # from now: peers beat again within an interval
                 if not existed:
                     await self._lapsed()
