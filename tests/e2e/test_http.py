@@ -53,11 +53,9 @@ def _client(url: str, **kwargs: Any) -> httpx.AsyncClient:
 # Raw HTTP/1.1, for exact bytes on the wire
 
 
-async def raw_exchange(url: str, request: bytes) -> tuple[int, bytes, bytes, int]:
-    """Send ``request`` (which must ask for ``Connection: close``) and read to EOF.
-
-    Returns the status, the raw header block, the body and the client's port.
-    """
+async def read_to_eof(url: str, request: bytes) -> tuple[bytes, int]:
+    """Send raw ``request`` bytes; return all the server sends until it closes,
+    and the client's port."""
     parts = urlsplit(url)
     assert parts.hostname is not None
     assert parts.port is not None
@@ -71,6 +69,15 @@ async def raw_exchange(url: str, request: bytes) -> tuple[int, bytes, bytes, int
                     data += await stream.receive()
                 except anyio.EndOfStream:
                     break
+    return data, local_port
+
+
+async def raw_exchange(url: str, request: bytes) -> tuple[int, bytes, bytes, int]:
+    """Send ``request`` (which must ask for ``Connection: close``) and read to EOF.
+
+    Returns the status, the raw header block, the body and the client's port.
+    """
+    data, local_port = await read_to_eof(url, request)
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, head, body, local_port
@@ -254,9 +261,6 @@ async def test_pipelined_requests_are_answered_in_order(deployment: Deployment) 
     # each when the one before has been answered, all writing through the one
     # per-connection cork (protocol_server/cork.py); a HEAD has no body, and
     # the last asks for the connection to close.
-    parts = urlsplit(deployment.url)
-    assert parts.hostname is not None
-    assert parts.port is not None
     methods = ["GET", "HEAD", "POST", "GET"]
     request = b"".join(
         [
@@ -266,15 +270,7 @@ async def test_pipelined_requests_are_answered_in_order(deployment: Deployment) 
             b"GET /p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         ]
     )
-    async with await anyio.connect_tcp(parts.hostname, parts.port) as stream:
-        await stream.send(request)
-        data = b""
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    data += await stream.receive()
-                except anyio.EndOfStream:
-                    break
+    data, _ = await read_to_eof(deployment.url, request)
     paths = []
     for method in methods:
         head, sep, data = data.partition(b"\r\n\r\n")
