@@ -78,6 +78,9 @@ class Multiplexed:
         self._pending.append(future)
         return await future
 
+    #: The name redis-py's clients give it: callers need not tell the two apart.
+    execute_command = execute
+
     def _write(self, conn: Any) -> None:
         out, self._out = self._out, None
         if out and conn is self._conn:

@@ -76,17 +76,12 @@ class _Script:
     async def __call__(
         self, client: aioredis.Redis | Multiplexed, keys: Sequence[str], args: Iterable[Any]
     ) -> Any:
-        if isinstance(client, Multiplexed):
-            try:
-                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await client.execute("SCRIPT", "LOAD", self.source)
-                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        # execute_command: a pooled client and a Multiplexed one alike.
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            await client.execute_command("SCRIPT", "LOAD", self.source)
+            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 _APPEND = _Script(_scripts.APPEND)
@@ -443,11 +438,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         ]
 
     async def _delete(self, stream: str, ids: list[bytes]) -> None:
-        client = self._quick_for(stream)
-        if isinstance(client, Multiplexed):
-            await self._call(client.execute("XDEL", stream, *ids))
-        else:
-            await self._call(client.xdel(stream, *ids))
+        await self._call(self._quick_for(stream).execute_command("XDEL", stream, *ids))
 
     async def _group_add(self, key: str, channel: str) -> None:
         await self._call(_GROUP_ADD(self._client_for(key), [key], [channel, self._group_expiry_ms]))

@@ -390,3 +390,19 @@ async def test_a_bundle_stays_under_the_relay_readers_limit(
     for channel in channels:
         assert (await recv(receiver, channel))["body"] == body
     assert receiver.statistics().malformed == 0
+
+
+@pytest.mark.parametrize("multiplex", [False, True], ids=["pooled", "multiplexed"])
+async def test_an_emptied_script_cache_is_refilled(
+    make_redis_layer: Any, raw_redis: aioredis.Redis, multiplex: bool
+) -> None:
+    # A restarted Redis has no scripts: the first EVALSHA gets NOSCRIPT and the
+    # layer loads the script and retries, on either kind of connection.
+    layer = make_redis_layer(multiplex=multiplex)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "test.m", "n": 1})
+    await raw_redis.script_flush()
+    await layer.send(channel, {"type": "test.m", "n": 2})
+    with anyio.fail_after(5):
+        assert await layer.receive(channel) == {"type": "test.m", "n": 1}
+        assert await layer.receive(channel) == {"type": "test.m", "n": 2}
