@@ -141,10 +141,8 @@ class HttpBridge(Bridge):
                 await self._pump_response()
             finally:
                 cork.on_lost = None
-        if left and not self.response_complete and self.worker:
-            # Tell the app. Not subject to the body window: a disconnect
-            # must get through even when the app reads nothing.
-            await self.layer.send(self.worker, {"type": "http.disconnect"})
+        if left:
+            await self._client_left()  # tells the app, unless it is done
 
     async def _relay_listening(self, first: Message) -> None:
         """Relay with a task reading the client: the rest of the body, then
@@ -240,19 +238,19 @@ class HttpBridge(Bridge):
         advertised = _TRAILERS in (self.scope.get("extensions") or {})
         # A start that arrived with more (its body, in one relay entry) is
         # held and leaves with that body in one write: see cork.py.
-        cork = self.cork
         try:
-            await self._relay_response(advertised, cork)
+            await self._relay_response(advertised)
         finally:
-            if cork is not None:
-                cork.release()
+            if self.cork is not None:
+                self.cork.release()
 
     async def _next(self) -> Message:
         if self.cork is not None and not self._unread:
             self.cork.release()  # about to wait for the worker: nothing may stay held
         return await super()._next()
 
-    async def _relay_response(self, advertised: bool, cork: CorkedTransport | None) -> None:
+    async def _relay_response(self, advertised: bool) -> None:
+        cork = self.cork
         trailers = False
         while True:
             message = await self.next_from_worker()
@@ -285,8 +283,6 @@ class HttpBridge(Bridge):
                 self.response_complete = not message.get("more_trailers", False)
                 if advertised:
                     await self.send(message)
-                if cork is not None:
-                    cork.release()
                 if self.response_complete:
                     return
             else:
