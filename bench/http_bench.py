@@ -149,6 +149,25 @@ def channels_lite_server(redis_url: str, redis_pid: int) -> Iterator[tuple[str, 
         yield f"127.0.0.1:{port}", roles
 
 
+@contextmanager
+def floor_server(redis_url: str, redis_pid: int) -> Iterator[tuple[str, Roles]]:
+    """The bare relay of ``floor_relay.py``: what the architecture costs with nothing of ours."""
+    port = free_port()
+    common = ["hello:app", "--redis-url", redis_url, "--app-dir", str(APPS)]
+    relay = [PY, str(HERE / "floor_relay.py")]
+    with (
+        spawn([*relay, "worker", *common]) as worker_proc,
+        spawn([*relay, "server", *common, "--port", str(port)], port=port) as server_proc,
+    ):
+        subprocess.run(
+            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            check=True,
+        )
+        roles = {"server": server_proc.pid, "worker": worker_proc.pid, "redis": redis_pid}
+        yield f"127.0.0.1:{port}", roles
+
+
 #: The processes that serve, by role, for CPU accounting.
 Roles = dict[str, int]
 
@@ -210,7 +229,8 @@ def run_round(
     rps, _, requests = wrk(address, 50, duration)
     cpu = {role: (cpu_seconds(pid) - before[role]) * 1e6 / requests for role, pid in roles.items()}
     _, p50, _ = wrk(address, 1, duration)
-    rtt = asyncio.run(ws_rtt(address)) if name != "daphne" else float("nan")
+    # daphne's hello app has no echo route; the floor relays HTTP only.
+    rtt = asyncio.run(ws_rtt(address)) if name not in ("daphne", "floor") else float("nan")
     entry = results.setdefault(name, {"rps": [], "p50_ms": [], "ws_rtt_ms": []})
     entry["rps"].append(rps)
     entry["p50_ms"].append(p50)
@@ -232,6 +252,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the bare relay of floor_relay.py (the architecture's own cost)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is required (apt-get install wrk)")
@@ -245,6 +271,9 @@ def main() -> None:
                 run_round("daphne", address, roles, args.duration, results)
             with channels_lite_server(redis_url, redis_pid) as (address, roles):
                 run_round("channels-lite", address, roles, args.duration, results)
+            if args.floor:
+                with floor_server(redis_url, redis_pid) as (address, roles):
+                    run_round("floor", address, roles, args.duration, results)
     med = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in results.items()}
     ours, uv, dp = med["channels-lite"], med["uvicorn"], med["daphne"]
     print("\nmedians over rounds")
@@ -258,6 +287,14 @@ def main() -> None:
     print(f"channels-lite / daphne  req/s: {ours['rps'] / dp['rps']:.2f}x (goal >= 2x)")
     print(f"added median latency at c=1:   {ours['p50_ms'] - uv['p50_ms']:.3f} ms (goal <= 0.3 ms)")
     print(f"WebSocket echo median RTT:     {ours['ws_rtt_ms']:.3f} ms (goal <= 0.5 ms)")
+    if "floor" in med:
+        floor = med["floor"]
+        added = floor["p50_ms"] - uv["p50_ms"]
+        print(
+            f"floor (bare relay) / uvicorn: {floor['rps'] / uv['rps']:.1%}, / daphne "
+            f"{floor['rps'] / dp['rps']:.2f}x, added c=1 latency {added:.3f} ms;"
+            f" channels-lite / floor req/s: {ours['rps'] / floor['rps']:.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"rounds": results, "medians": med}, indent=2))
 
