@@ -7,6 +7,7 @@ ways with credit-based flow control (see :mod:`channels_lite.relay`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -100,7 +101,8 @@ class Bridge:
         self.worker_id = ""  # the worker process, whose heartbeat is watched
         self.lost = False  # the worker died mid-connection
         # Cancelled when the worker is lost; subclasses relay inside it.
-        self.relay_scope = anyio.CancelScope()
+        # None until the relay starts: ``lost`` says what happened before.
+        self.relay_scope: anyio.CancelScope | None = None
         # Body bytes sent to the worker that it has not yet consumed.
         self.in_flight = 0
         # WebSocket messages (parts) sent to the worker the app has not taken.
@@ -166,9 +168,9 @@ class Bridge:
             down = anyio.current_time() - self.ctx.broker_down_since
             logger.warning("broker reachable again after %.1fs; relaying again", down)
             self.ctx.broker_down_since = None
-        with anyio.move_on_after(self.ctx.config.queue_timeout):
-            # Cancellation point: the layer keeps anything popped for us.
-            return await self._wait_claim()
+        worker = await self._claim_in_time()
+        if worker is not None:
+            return worker
         try:
             withdrawn = await self.ctx.queue.cancel(entry_id)
         except BrokerUnavailable:
@@ -177,9 +179,28 @@ class Bridge:
             return None
         # A worker holds the entry: its claim is on the way, or the worker
         # died and another will reclaim it. One more queue_timeout, no more.
-        with anyio.move_on_after(self.ctx.config.queue_timeout):
-            return await self._wait_claim()
+        worker = await self._claim_in_time()
+        if worker is not None:
+            return worker
         raise WorkerLost(f"conn {self.channel}: taken by a worker that never answered")
+
+    async def _claim_in_time(self) -> str | None:
+        """The claiming worker's channel, or None after ``queue_timeout``.
+
+        A plain cancel scope and a loop timer rather than ``move_on_after``,
+        which is the same thing through anyio's clock and deadline machinery:
+        that was 5-8% of a protocol server's time under load, for a timer
+        that almost never fires.
+        """
+        with anyio.CancelScope() as scope:
+            timeout = self.ctx.config.queue_timeout
+            timer = asyncio.get_running_loop().call_later(timeout, scope.cancel)
+            try:
+                # Cancellation point: the layer keeps anything popped for us.
+                return await self._wait_claim()
+            finally:
+                timer.cancel()
+        return None
 
     async def _next(self) -> Message:
         """The next message from the worker, batches unpacked."""
@@ -256,7 +277,8 @@ class Bridge:
         """The worker stopped beating: stop relaying; ``run`` answers 502 or 1011."""
         logger.warning("conn %s: worker %s gone", self.channel, self.worker_id)
         self.lost = True
-        self.relay_scope.cancel()
+        if self.relay_scope is not None:
+            self.relay_scope.cancel()
 
     def close(self) -> None:
         if self.worker_id:

@@ -53,6 +53,8 @@ class HttpBridge(Bridge):
 
     def _log_access(self) -> None:
         """One uvicorn-style line per request, plus the bytes and the worker."""
+        if not access_logger.isEnabledFor(logging.INFO):
+            return  # building the line and its fields was 1-2% of a request
         scope = self.scope
         client = scope.get("client")
         where = f"{client[0]}:{client[1]}" if client else "-"
@@ -188,7 +190,8 @@ class HttpBridge(Bridge):
                     # will not finish its response: cut the connection.
                     raise ResponseAborted(f"conn {self.channel}: request body over the limit")
                 await self._error(413, b"Request body too large\n")
-                self.relay_scope.cancel()  # whatever the app answers now is moot
+                if self.relay_scope is not None:
+                    self.relay_scope.cancel()  # whatever the app answers now is moot
                 return
             await self.to_worker(
                 {
@@ -226,7 +229,8 @@ class HttpBridge(Bridge):
             # no one to tell, and relaying is already cancelled.
             return
         await self.layer.send(self.worker, {"type": "http.disconnect"})
-        self.relay_scope.cancel()
+        if self.relay_scope is not None:
+            self.relay_scope.cancel()
 
     async def _pump_response(self) -> None:
         # The app may announce trailers (then the response ends with them).

@@ -52,7 +52,8 @@ class Worker:
         self.worker_id = config.worker_id or secrets.token_hex(6)
         self.active = 0
         self.connections: set[AppConnection] = set()
-        self._slot_freed = anyio.Event()
+        # Set when a connection ends; made only while someone waits for one.
+        self._slot_freed: anyio.Event | None = None
         self._stopping = anyio.Event()
         self.tasks: TaskRunner | None = None
         self._broker_down_since: float | None = None
@@ -226,7 +227,7 @@ class Worker:
             free = config.concurrency - self.active
             if free <= 0:
                 with anyio.move_on_after(1):
-                    await self._slot_freed.wait()  # cancellation point: holds nothing
+                    await self._slot_event().wait()  # cancellation point: holds nothing
                 continue
             reclaim = anyio.current_time() >= next_reclaim
             if reclaim:
@@ -248,6 +249,7 @@ class Worker:
                 logger.warning("taking connections again after %.1fs", down)
                 self._broker_down_since = None
             backoff = _BACKOFF_MIN
+            now = anyio.current_time()
             for entry in entries:
                 connect = _decode_connect(layer, queue.stream, *entry)
                 if connect is None:
@@ -255,7 +257,7 @@ class Worker:
                     continue
                 if connect.server:
                     inbox = connect.reply_to.partition("!")[0] + "!"
-                    self._inboxes.setdefault(connect.server, {})[inbox] = anyio.current_time()
+                    self._inboxes.setdefault(connect.server, {})[inbox] = now
                 self.active += 1
                 connection = AppConnection(
                     layer,
@@ -320,15 +322,22 @@ class Worker:
         finally:
             self.connections.discard(connection)
             self.active -= 1
-            self._slot_freed.set()
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+                self._slot_freed = None
+
+    def _slot_event(self) -> anyio.Event:
+        """Set when the next connection ends (one event per wait, not per connection)."""
+        if self._slot_freed is None:
             self._slot_freed = anyio.Event()
+        return self._slot_freed
 
     async def _drain(self, connections: anyio.abc.TaskGroup) -> None:
         if self.active:
             logger.info("draining %d connection(s)", self.active)
         with anyio.move_on_after(self.config.shutdown_timeout):
             while self.active:
-                await self._slot_freed.wait()
+                await self._slot_event().wait()
             if self.tasks is not None:
                 await self.tasks.done.wait()  # it drains its own tasks meanwhile
         if self.active:
