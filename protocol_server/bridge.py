@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
-#: Seconds between two log lines about connections refused for max_pending.
+#: Seconds between two log lines about connections refused for max_pending
+#: (or given up by their workers).
 _REJECT_LOG_INTERVAL = 10.0
 
 
@@ -68,6 +69,24 @@ class ServerContext:
                 "%d connections wait for a worker (max_pending); answering 503 (%d so far)",
                 self.pending,
                 self.rejected,
+            )
+
+    #: Connections workers gave up on (their heartbeat lapsed), and when last logged.
+    given_up: int = 0
+    _given_up_logged: float = -math.inf
+
+    def gave_up(self, worker_id: str) -> None:
+        """Count a connection its worker gave up on; log now and then, not each
+        (a worker that lapses gives up all of its connections at once)."""
+        self.given_up += 1
+        now = time.monotonic()
+        if now - self._given_up_logged >= _REJECT_LOG_INTERVAL:
+            self._given_up_logged = now
+            logger.warning(
+                "worker %s gave up on a connection (its heartbeat lapsed); "
+                "%d given up so far, answering 502 or closing 1011",
+                worker_id or "-",
+                self.given_up,
             )
 
     #: Of this server's connection channels, so that its inbox stream names
@@ -247,6 +266,7 @@ class Bridge:
             elif kind == relay.ABORT:
                 raise ResponseAborted(f"conn {self.channel}: the app failed mid-response")
             elif kind == relay.LOST:
+                self.ctx.gave_up(self.worker_id)
                 self.worker_lost()  # the relay scope is cancelled at the next wait
             elif kind.startswith("cl."):
                 logger.debug("conn %s: unknown control message %r", self.channel, kind)
@@ -274,8 +294,12 @@ class Bridge:
             await self.layer.send(self.worker, {"type": relay.CREDIT, "bytes": amount})
 
     def worker_lost(self) -> None:
-        """The worker stopped beating: stop relaying; ``run`` answers 502 or 1011."""
-        logger.warning("conn %s: worker %s gone", self.channel, self.worker_id)
+        """The worker is gone: stop relaying; ``run`` answers 502 or 1011.
+
+        Logged by the caller: once per worker when a whole worker is lost
+        (a line per connection was a thousand lines for one event).
+        """
+        logger.debug("conn %s: worker %s gone", self.channel, self.worker_id)
         self.lost = True
         if self.relay_scope is not None:
             self.relay_scope.cancel()

@@ -167,5 +167,7 @@ class Gateway:
                 logger.debug("cannot check workers: %s", exc)
                 continue
             for worker_id in [w for w in checked if w not in alive]:
-                logger.warning("worker %s stopped beating; failing its connections", worker_id)
-                ctx.worker_lost(worker_id)
+                lost = ctx.worker_lost(worker_id)
+                logger.warning(
+                    "worker %s stopped beating; failed its %d connection(s)", worker_id, len(lost)
+                )

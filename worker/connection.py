@@ -340,16 +340,19 @@ class AppConnection:
         finally:
             self._flushing -= 1
 
-    def peer_lost(self) -> None:
+    def peer_lost(self) -> bool:
         """The protocol server stopped beating: the client is as good as gone.
 
         The app gets the disconnect a departed client would give it, and any
-        send waiting for credit that will never come is released.
+        send waiting for credit that will never come is released. True if
+        this told the app (it had not heard already); the caller logs, once
+        for all the connections of a server.
         """
         if self._gone:
-            return
-        logger.warning("conn %s: protocol server gone; disconnecting the app", self.peer)
+            return False
+        logger.debug("conn %s: protocol server gone; disconnecting the app", self.peer)
         self._disconnect_app()
+        return True
 
     def _disconnect_app(self) -> None:
         """The client is as good as gone: the app gets its disconnect."""

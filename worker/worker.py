@@ -178,16 +178,21 @@ class Worker:
                 # Only servers checked: a connection that arrived meanwhile
                 # from a server not in the snapshot is not judged.
                 gone = servers - alive
+                disconnected = dict.fromkeys(gone, 0)
                 for connection in list(self.connections):
-                    if connection.connect.server in gone:
-                        connection.peer_lost()
+                    if connection.connect.server in gone and connection.peer_lost():
+                        disconnected[connection.connect.server] += 1
                 for server in gone:
                     # Deleted on every check until forgotten: a reply that was
                     # on its way when the server died cannot bring it back.
                     await layer.delete_streams(self._inboxes.get(server, ()))  # one round trip
                     if server not in reported:
+                        # One line per server, not one per connection.
                         logger.warning(
-                            "protocol server %s stopped beating; deleted its inbox", server
+                            "protocol server %s stopped beating; disconnected %d app(s) "
+                            "and deleted its inbox",
+                            server,
+                            disconnected[server],
                         )
                 reported = gone
             except (BrokerError, RedisError, OSError) as exc:

@@ -240,6 +240,30 @@ async def test_websocket_on_a_killed_worker_closes_1011(deploy: Deploy, tmp_path
     assert closed.value.rcvd.code == 1011
 
 
+async def test_a_killed_worker_is_one_log_line_not_one_per_connection(
+    deploy: Deploy, tmp_path: Path
+) -> None:
+    """Operators read the protocol server's log: a worker with a thousand
+    sockets dying is one event, said once with the count."""
+    deployment = _deployment(deploy, tmp_path)
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(connect(deployment.ws_url + "/ws")) for _ in range(3)
+        ]
+        for ws in sockets:
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+        deployment.workers[0].signal(signal.SIGKILL)
+        for ws in sockets:
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1011
+    server = deployment.servers[0]
+    server.wait_for(r"worker \S+ stopped beating; failed its 3 connection\(s\)")
+    assert not [line for line in server.lines if " gone" in line and "WARNING" in line]
+
+
 async def test_apps_of_a_killed_protocol_server_get_disconnect(
     deploy: Deploy, tmp_path: Path, redis_url: str, rclient: aioredis.Redis
 ) -> None:
