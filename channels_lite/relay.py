@@ -48,6 +48,12 @@ BATCH: Final = "cl.batch"
 #: heartbeat lapsed); answer 502 or close 1011 as if the worker had died.
 LOST: Final = "cl.lost"
 
+#: To a protocol server's connection channel (the app's ``reply_channel``),
+#: from the app, a group or an outside publisher: ``{"type": PUSH, "text": ...}``
+#: or ``"bytes"``, written to the WebSocket client as it is. Not a ``cl.``
+#: message: it is the public way to reach a socket without its app.
+PUSH: Final = "websocket.push"
+
 #: Key on a WebSocket message event that is a part of a larger message.
 MORE: Final = "cl.more"
 

@@ -28,9 +28,8 @@ logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
-#: Seconds between two log lines about connections refused for max_pending
-#: (or given up by their workers).
-_REJECT_LOG_INTERVAL = 10.0
+#: Seconds between two log lines of one kind of flood (refusals, pushes dropped).
+_LOG_INTERVAL = 10.0
 
 
 class ResponseAborted(Exception):
@@ -57,37 +56,55 @@ class ServerContext:
     pending: int = 0
     #: Connections refused because ``max_pending`` were waiting.
     rejected: int = 0
-    _rejected_logged: float = -math.inf
+    #: Connections workers gave up on (their heartbeat lapsed).
+    given_up: int = 0
+    #: Pushes not written to their socket (not accepted yet, malformed, too
+    #: large, or beyond ``ws_max_push_backlog`` for a slow client).
+    pushes_dropped: int = 0
+    #: When each kind of now-and-then warning was last logged.
+    _logged: dict[str, float] = field(default_factory=dict)
+
+    def _now_and_then(self, kind: str, message: str, *args: object) -> None:
+        """Log a warning at most every few seconds per kind: these come in
+        floods (a thousand connections at once), and one line with a running
+        count says it all."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -math.inf) >= _LOG_INTERVAL:
+            self._logged[kind] = now
+            logger.warning(message, *args)
 
     def reject(self) -> None:
-        """Count a connection refused for ``max_pending``; log now and then, not each."""
+        """Count a connection refused for ``max_pending``."""
         self.rejected += 1
-        now = time.monotonic()
-        if now - self._rejected_logged >= _REJECT_LOG_INTERVAL:
-            self._rejected_logged = now
-            logger.warning(
-                "%d connections wait for a worker (max_pending); answering 503 (%d so far)",
-                self.pending,
-                self.rejected,
-            )
-
-    #: Connections workers gave up on (their heartbeat lapsed), and when last logged.
-    given_up: int = 0
-    _given_up_logged: float = -math.inf
+        self._now_and_then(
+            "reject",
+            "%d connections wait for a worker (max_pending); answering 503 (%d so far)",
+            self.pending,
+            self.rejected,
+        )
 
     def gave_up(self, worker_id: str) -> None:
-        """Count a connection its worker gave up on; log now and then, not each
-        (a worker that lapses gives up all of its connections at once)."""
+        """Count a connection its worker gave up on (a worker that lapses
+        gives up all of its connections at once)."""
         self.given_up += 1
-        now = time.monotonic()
-        if now - self._given_up_logged >= _REJECT_LOG_INTERVAL:
-            self._given_up_logged = now
-            logger.warning(
-                "worker %s gave up on a connection (its heartbeat lapsed); "
-                "%d given up so far, answering 502 or closing 1011",
-                worker_id or "-",
-                self.given_up,
-            )
+        self._now_and_then(
+            "gave_up",
+            "worker %s gave up on a connection (its heartbeat lapsed); "
+            "%d given up so far, answering 502 or closing 1011",
+            worker_id or "-",
+            self.given_up,
+        )
+
+    def push_dropped(self, channel: str, why: str) -> None:
+        """Count a push that was not written to its socket."""
+        self.pushes_dropped += 1
+        self._now_and_then(
+            "push",
+            "conn %s: push dropped (%s); %d dropped so far",
+            channel,
+            why,
+            self.pushes_dropped,
+        )
 
     #: Of this server's connection channels, so that its inbox stream names
     #: it (``ps.<server id>.<loop>!``): a worker that sees it gone deletes it.

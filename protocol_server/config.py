@@ -32,6 +32,11 @@ class Config:
         ws_max_queue: WebSocket messages from a client that the app has not
             yet received; one more closes the connection with 1013 (try
             again later) instead of buffering without end.
+        ws_max_push_backlog: pushes (``websocket.push`` messages sent to a
+            socket's ``reply_channel`` or to a group it joined) that may wait
+            for one slow WebSocket client; a push arriving beyond it is
+            dropped and counted, so a client that stops reading costs
+            bounded memory.
         flow_window: body bytes in flight per connection and direction before
             the sender waits for the receiver to consume them.
         header_timeout: seconds a client has to send a request's line and
@@ -68,6 +73,7 @@ class Config:
     max_body_size: int = 128 * MiB
     ws_max_size: int = 1 * MiB
     ws_max_queue: int = 1000
+    ws_max_push_backlog: int = 1000
     flow_window: int = 1 * MiB
     header_timeout: float = 10.0
     max_header_size: int = 64 * 1024
@@ -123,6 +129,7 @@ class Config:
             "max_body_size",
             "ws_max_size",
             "ws_max_queue",
+            "ws_max_push_backlog",
             "flow_window",
             "header_timeout",
             "max_header_size",

@@ -97,6 +97,7 @@ class Gateway:
                 "connections": sum(len(b) for b in ctx.by_worker.values()),
                 "pending": ctx.pending,
                 "rejected": ctx.rejected,
+                "pushes_dropped": ctx.pushes_dropped,
                 "layer": {name: getattr(ctx.layer.statistics(), name) for name in DROP_COUNTERS},
             },
             on_lapse=lambda: self._lapsed(ctx),

@@ -8,6 +8,14 @@ flood from the client waits in uvicorn's bounded queue, not in Redis. The
 credit also counts messages: a flood of small (or empty) messages, which
 bytes alone would not bound, closes the socket with 1013 once the app is
 ``ws_max_queue`` messages behind.
+
+Pushes: a ``websocket.push`` message on the connection's channel (the app's
+``scope["reply_channel"]``, directly or as a member of a group) is written to
+the client as it is, with no worker in between: a broadcast costs one Redis
+entry per protocol server and a socket write per client, not a wake-up of
+every member's app. A push is dropped (and counted) when the socket is not
+accepted yet, when it is malformed or larger than ``ws_max_size``, and when
+more than ``ws_max_push_backlog`` messages already wait for this client.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from channels_lite.relay import Joiner, payload_size, split_message
+from channels_lite.relay import PUSH, Joiner, payload_size, split_message
 
 from .bridge import Bridge, ServerContext, WorkerLost
 
@@ -119,6 +127,8 @@ class WebSocketBridge(Bridge):
                 # whole anyway (bounded by ws_max_size), and a message larger
                 # than the window must not wait for credit that never comes.
                 await self.credit_worker(size)
+            elif kind == PUSH:
+                await self._push(message)
             elif kind == "websocket.close":
                 await self.send(message)
                 return
@@ -128,6 +138,29 @@ class WebSocketBridge(Bridge):
                     return
             else:
                 logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)
+
+    async def _push(self, message: Message) -> None:
+        """Write a push to the client, or drop it (counted) if it cannot go."""
+        text, data = message.get("text"), message.get("bytes")
+        if isinstance(text, str) and data is None:
+            event: Message = {"type": "websocket.send", "text": text}
+        elif isinstance(data, bytes) and text is None:
+            event = {"type": "websocket.send", "bytes": data}
+        else:
+            self.ctx.push_dropped(self.channel, "not exactly one of text (str) and bytes")
+            return
+        config = self.ctx.config
+        if not self.accepted:
+            self.ctx.push_dropped(self.channel, "the socket is not accepted yet")
+        elif payload_size(event) > config.ws_max_size:
+            self.ctx.push_dropped(self.channel, f"larger than ws_max_size ({config.ws_max_size})")
+        elif self.layer.buffered(self.channel) >= config.ws_max_push_backlog:
+            # A client that does not keep up: what waits behind this push is
+            # already the backlog's worth, so this (the oldest) goes.
+            self.ctx.push_dropped(self.channel, "the client is ws_max_push_backlog behind")
+        else:
+            # Cancellation point: uvicorn waits while the client's socket is full.
+            await self.send(event)
 
     async def _too_big(self) -> None:
         """The app sent a message over ``ws_max_size``: close as for a client's."""

@@ -116,6 +116,11 @@ class AppConnection:
             app_channel = await self.app_layer.new_channel()
             scope["channel_layer"] = self.app_layer
             scope["channel_name"] = app_channel
+        if self.kind == "websocket":
+            # The protocol server's channel for this socket: a websocket.push
+            # sent there (or to a group it joined) goes to the client with no
+            # app in between (protocol_server/websocket.py).
+            scope["reply_channel"] = self.peer
         if self.kind != "http":
             # A WebSocket app always listens; an HTTP app often never needs
             # to hear from the protocol server (its body came with the offer),

@@ -543,6 +543,19 @@ class BaseChannelLayer:
         if reader is not None:
             reader.forget(channel, self._now_ms())
 
+    def buffered(self, channel: str) -> int:
+        """Messages for ``channel`` popped from the broker in this loop and not
+        yet received: how far its consumer is behind what already arrived.
+
+        Not part of the Channels spec: the protocol server bounds pushes to a
+        slow WebSocket with it (``ws_max_push_backlog``).
+        """
+        state = self._loops.get(asyncio.get_running_loop())
+        reader = None if state is None else state.readers.get(self._stream_key(channel))
+        if reader is None:
+            return 0
+        return len(reader.buffers.get(channel, ()))
+
     # ------------------------------------------------------------------
     # Helpers
 

@@ -95,7 +95,8 @@ async def status(redis_url: str, env: dict[str, str] | None = None) -> dict[str,
 
 
 async def exercise(deployment: Deployment, env: dict[str, str] | None = None) -> None:
-    """HTTP, a WebSocket in a group, a publish and a task reaching it, status."""
+    """HTTP, a WebSocket in a group, a publish and a task reaching it, a push
+    straight to a socket, status."""
     url = deployment.redis_url
     async with httpx.AsyncClient(base_url=deployment.url, timeout=10) as client:
         response = await client.get("/whoami")
@@ -109,6 +110,13 @@ async def exercise(deployment: Deployment, env: dict[str, str] | None = None) ->
         task = '{"type": "broadcast", "text": "from a task"}'
         await cli("enqueue", "broadcast", task, "--redis-url", url, env=env)
         assert await next_text(ws) == "from a task"
+    async with connect(deployment.ws_url + "/push") as ws:
+        with anyio.fail_after(10):
+            await ws.recv()  # its reply channel joined the group "pushed"
+        push = '{"type": "websocket.push", "text": "straight to the socket"}'
+        await cli("publish", "--group", "pushed", push, "--redis-url", url, env=env)
+        with anyio.fail_after(10):
+            assert await ws.recv() == "straight to the socket"
     roles = sorted(p["role"] for p in (await status(url, env))["processes"])
     assert roles == ["ps", "wk"]
 

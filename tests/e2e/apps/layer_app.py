@@ -7,6 +7,7 @@ relays group messages to its client, whichever worker it runs on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -58,4 +59,48 @@ async def chat(websocket: WebSocket) -> None:
             await layer.group_discard("room", name)
 
 
-app = Starlette(routes=[Route("/whoami", whoami), WebSocketRoute("/chat", chat)])
+async def push(websocket: WebSocket) -> None:
+    """Joins group ``pushed`` with the socket's reply channel, so pushes to
+    the group reach the client without this app; it only says hello, and
+    ``whoami`` (the worker's pid) on request."""
+    layer: Any = websocket.scope["channel_layer"]
+    reply_channel: str = websocket.scope["reply_channel"]
+    await layer.group_add("pushed", reply_channel)
+    try:
+        await websocket.accept()
+        await websocket.send_json({"joined": reply_channel, "pid": os.getpid()})
+        while True:
+            await websocket.receive_text()
+            await websocket.send_json({"pid": os.getpid()})
+    except WebSocketDisconnect:
+        pass
+    finally:
+        with anyio.CancelScope(shield=True):
+            await layer.group_discard("pushed", reply_channel)
+
+
+async def push_before_accept(websocket: WebSocket) -> None:
+    """Joins group ``early`` (the socket) and ``early-go`` (the app) before
+    accepting, says so on channel ``early-ready``, and accepts only when
+    ``{"type": "go"}`` comes to ``early-go``: a push that arrives before then
+    must not reach the client."""
+    layer: Any = websocket.scope["channel_layer"]
+    await layer.group_add("early", websocket.scope["reply_channel"])
+    await layer.group_add("early-go", websocket.scope["channel_name"])
+    await layer.send("early-ready", {"type": "ready"})
+    await layer.receive(websocket.scope["channel_name"])
+    await websocket.accept()
+    await websocket.send_text("accepted")
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.receive_text()
+
+
+app = Starlette(
+    routes=[
+        Route("/whoami", whoami),
+        WebSocketRoute("/chat", chat),
+        WebSocketRoute("/push", push),
+        WebSocketRoute("/push-before-accept", push_before_accept),
+    ]
+)

@@ -1,0 +1,161 @@
+"""Pushes: a message to a socket's reply channel goes to the client with no app in between.
+
+The app (``layer_app``, route ``/push``) joins group ``pushed`` with
+``scope["reply_channel"]``, the protocol server's channel for its socket; a
+publisher outside the deployment sends ``{"type": "websocket.push", ...}`` to
+the group and every member's client gets it as a WebSocket message, written
+by its protocol server. Then the cases where a push must not be written: the
+socket is not accepted yet, the push is malformed or too large, the client is
+too far behind. Each is dropped, counted and logged, and the socket carries
+on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from channels_lite.client import AsyncPublisher
+from channels_lite.layer import RedisStreamsChannelLayer
+
+from .conftest import Deploy
+
+pytestmark = pytest.mark.anyio
+
+
+async def _joined(ws: ClientConnection) -> dict[str, Any]:
+    with anyio.fail_after(10):
+        hello: dict[str, Any] = json.loads(await ws.recv())
+    assert hello["joined"].startswith("ps."), hello
+    return hello
+
+
+async def _recv(ws: ClientConnection) -> str | bytes:
+    with anyio.fail_after(10):
+        return await ws.recv()
+
+
+async def _pushed(redis_url: str, *messages: dict[str, Any], group: str = "pushed") -> None:
+    async with AsyncPublisher.from_url(redis_url) as publisher:
+        for message in messages:
+            await publisher.group_send(group, message)
+        assert publisher.statistics().dropped == 0
+
+
+async def test_push_to_a_group_reaches_every_socket_in_order(
+    deploy: Deploy, redis_url: str
+) -> None:
+    deployment = deploy("layer_app:app", workers=2, servers=2)
+    urls = [url.replace("http://", "ws://", 1) + "/push" for url in deployment.urls]
+    async with (
+        connect(urls[0]) as first,
+        connect(urls[1]) as second,
+        connect(urls[0]) as third,
+    ):
+        sockets = [first, second, third]
+        for ws in sockets:
+            await _joined(ws)
+        await _pushed(
+            redis_url,
+            {"type": "websocket.push", "text": "one"},
+            {"type": "websocket.push", "bytes": b"\x00two"},
+            {"type": "websocket.push", "text": "three"},
+        )
+        for ws in sockets:
+            assert [await _recv(ws) for _ in range(3)] == ["one", b"\x00two", "three"]
+            # The app is still there, and still answers its own messages.
+            await ws.send("whoami")
+            assert "pid" in json.loads(await _recv(ws))
+
+
+async def test_a_push_to_a_reply_channel_reaches_that_socket_only(
+    deploy: Deploy, redis_url: str
+) -> None:
+    deployment = deploy("layer_app:app", workers=1, servers=1)
+    async with (
+        connect(deployment.ws_url + "/push") as target,
+        connect(deployment.ws_url + "/push") as other,
+    ):
+        reply_channel = (await _joined(target))["joined"]
+        await _joined(other)
+        async with AsyncPublisher.from_url(redis_url) as publisher:
+            await publisher.send(reply_channel, {"type": "websocket.push", "text": "just you"})
+        assert await _recv(target) == "just you"
+        await other.send("whoami")  # the next thing it gets is the app's answer
+        assert "pid" in json.loads(await _recv(other))
+
+
+async def test_a_push_before_accept_is_dropped(deploy: Deploy, redis_url: str) -> None:
+    deployment = deploy("layer_app:app", workers=1, servers=1)
+    server = deployment.servers[0]
+    async with anyio.create_task_group() as tg:
+        opened: list[ClientConnection] = []
+
+        async def open_socket() -> None:
+            opened.append(await connect(deployment.ws_url + "/push-before-accept"))
+
+        tg.start_soon(open_socket)
+        # The app has joined both groups and waits before accepting.
+        ready = RedisStreamsChannelLayer(hosts=[redis_url])
+        with anyio.fail_after(10):
+            await ready.receive("early-ready")
+        await ready.close()
+        await _pushed(redis_url, {"type": "websocket.push", "text": "early"}, group="early")
+        await _pushed(redis_url, {"type": "go"}, group="early-go")
+    async with opened[0] as ws:
+        assert await _recv(ws) == "accepted"
+        await _pushed(redis_url, {"type": "websocket.push", "text": "late"}, group="early")
+        assert await _recv(ws) == "late"
+    server.wait_for(r"push dropped \(the socket is not accepted yet\)")
+
+
+async def test_malformed_and_oversized_pushes_are_dropped_and_the_socket_carries_on(
+    deploy: Deploy, redis_url: str
+) -> None:
+    deployment = deploy("layer_app:app", workers=1, servers=1)
+    server = deployment.add_server("--ws-max-size", "1000")
+    url = deployment.urls[-1].replace("http://", "ws://", 1) + "/push"
+    async with connect(url) as ws:
+        await _joined(ws)
+        await _pushed(
+            redis_url,
+            {"type": "websocket.push", "text": 5},
+            {"type": "websocket.push", "text": "a", "bytes": b"b"},
+            {"type": "websocket.push"},
+            {"type": "websocket.push", "text": "x" * 2000},
+            {"type": "websocket.push", "text": "fine"},
+        )
+        assert await _recv(ws) == "fine"
+    # One line for the flood (the first, with the running count), not five.
+    server.wait_for(r"push dropped \(not exactly one of text \(str\) and bytes\); 1 dropped")
+    assert server.log().count("push dropped") == 1
+
+
+async def test_a_client_that_stops_reading_gets_the_latest_pushes_not_all(
+    deploy: Deploy, redis_url: str
+) -> None:
+    deployment = deploy("layer_app:app", workers=1, servers=1)
+    server = deployment.add_server("--ws-max-push-backlog", "5")
+    url = deployment.urls[-1].replace("http://", "ws://", 1) + "/push"
+    count, size = 400, 60_000  # 24 MB: more than the socket buffers hold
+    async with connect(url, max_size=None, max_queue=1) as ws:
+        await _joined(ws)
+        # The client reads nothing while they are published...
+        async with AsyncPublisher.from_url(redis_url) as publisher:
+            for i in range(count):
+                await publisher.group_send(
+                    "pushed", {"type": "websocket.push", "text": f"{i:05d}" + "x" * size}
+                )
+        server.wait_for(r"push dropped \(the client is ws_max_push_backlog behind\)")
+        # ...then catches up: it gets what the buffers held and the newest.
+        got: list[int] = []
+        while not got or got[-1] != count - 1:
+            text = await _recv(ws)
+            assert isinstance(text, str)
+            got.append(int(text[:5]))
+    assert got == sorted(got)  # in order, with a gap
+    assert len(got) < count
