@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .layer._names import RELAY_CAPACITY as RELAY_CAPACITY  # the runtime's name for it
+
 CLAIM: Final = "cl.claim"
 DROP: Final = "cl.drop"
 CREDIT: Final = "cl.credit"
@@ -148,8 +150,6 @@ def make_layer(
     )
 
 
-#: Undelivered entries a process inbox stream may hold.
-RELAY_CAPACITY: Final = 1_000_000
 #: Largest body chunk one relay event carries; bigger sends are split.
 CHUNK_SIZE: Final = 256 * 1024
 

@@ -263,6 +263,9 @@ class Bridge:
                     self.worker_id = worker_id
                     self.ctx.by_worker.setdefault(worker_id, set()).add(self)
                 return self.worker
+            if message["type"] == relay.PUSH:
+                self.ctx.push_dropped(self.channel, "the socket is not accepted yet")
+                continue
             logger.warning("conn %s: %r before any claim; ignored", self.channel, message["type"])
 
     async def next_from_worker(self) -> Message:

@@ -34,9 +34,9 @@ class Config:
             again later) instead of buffering without end.
         ws_max_push_backlog: pushes (``websocket.push`` messages sent to a
             socket's ``reply_channel`` or to a group it joined) that may wait
-            for one slow WebSocket client; a push arriving beyond it is
-            dropped and counted, so a client that stops reading costs
-            bounded memory.
+            for one slow WebSocket client, and at most ``flow_window`` bytes
+            of them; beyond either the oldest is dropped and counted, so a
+            client that stops reading costs bounded memory.
         flow_window: body bytes in flight per connection and direction before
             the sender waits for the receiver to consume them.
         header_timeout: seconds a client has to send a request's line and

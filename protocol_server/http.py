@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from channels_lite import relay
+
 from .bridge import Bridge, ResponseAborted, ServerContext, WorkerLost
 from .cork import CorkedTransport, current_cork
 
@@ -289,6 +291,8 @@ class HttpBridge(Bridge):
                     await self.send(message)
                 if self.response_complete:
                     return
+            elif kind == relay.PUSH:
+                self.ctx.push_dropped(self.channel, "not a WebSocket")
             else:
                 logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)
 

@@ -232,7 +232,11 @@ class AppConnection:
             return
         if kind == "websocket.accept":
             self._started = True
-            self._post(message)  # goes out with what follows (or soon)
+            # At once, not with what follows: once accept() returns, a push
+            # the app sends to its reply channel (through another layer, on
+            # another connection) must land behind the accept, or the
+            # protocol server drops it as early.
+            await self._emit(message)
             return
         if kind == "websocket.close":
             self._complete = True

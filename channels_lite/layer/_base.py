@@ -59,6 +59,8 @@ from ..sealing import Keyring
 from ._inbox import Inbox, InboxRules
 from ._names import (
     MAX_NAME_LENGTH,
+    RELAY_CAPACITY,
+    SOCKET_CHANNELS,
     CapacityTable,
     _channel_ok,
     check_channel,
@@ -151,7 +153,11 @@ class BaseChannelLayer:
         self.channel_capacity = dict(channel_capacity or {})
         self.max_message_size = max_message_size
         self.receive_batch = receive_batch
-        self.capacity_for = CapacityTable(capacity, channel_capacity)
+        # The caller's patterns first (first match wins), then the socket
+        # channels' bound, unless the caller set that pattern itself.
+        patterns = dict(self.channel_capacity)
+        patterns.setdefault(SOCKET_CHANNELS, RELAY_CAPACITY)
+        self.capacity_for = CapacityTable(capacity, patterns)
         self._expiry_ms = int(expiry * 1000)
         self._group_expiry_ms = int(group_expiry * 1000)
         self._counters = Counters()
@@ -542,19 +548,6 @@ class BaseChannelLayer:
         reader = None if state is None else state.readers.get(self._stream_key(channel))
         if reader is not None:
             reader.forget(channel, self._now_ms())
-
-    def buffered(self, channel: str) -> int:
-        """Messages for ``channel`` popped from the broker in this loop and not
-        yet received: how far its consumer is behind what already arrived.
-
-        Not part of the Channels spec: the protocol server bounds pushes to a
-        slow WebSocket with it (``ws_max_push_backlog``).
-        """
-        state = self._loops.get(asyncio.get_running_loop())
-        reader = None if state is None else state.readers.get(self._stream_key(channel))
-        if reader is None:
-            return 0
-        return len(reader.buffers.get(channel, ()))
 
     # ------------------------------------------------------------------
     # Helpers

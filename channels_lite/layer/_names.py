@@ -17,6 +17,17 @@ from ..exceptions import ConfigError, InvalidChannelName, InvalidMessage
 #: The spec's limit: names are shorter than this.
 MAX_NAME_LENGTH: Final = 100
 
+#: Undelivered entries a runtime process's inbox stream may hold: it carries
+#: every connection of the process, bounded in practice by each connection's
+#: flow-control window, not by a channel's capacity.
+RELAY_CAPACITY: Final = 1_000_000
+
+#: A protocol server's connection channels (``ps.<server>.<loop>!<n>``, what
+#: apps get as ``scope["reply_channel"]``): every layer holds sends to them
+#: to the relay's bound, so a push to a socket is not refused (``full``) just
+#: because its server's stream is busy with other connections' traffic.
+SOCKET_CHANNELS: Final = "ps.*!*"
+
 _CHANNEL_RE: Final = re.compile(r"^[a-zA-Z\d\-_.]+(![\d\w\-_.]*)?$", re.ASCII)
 _GROUP_RE: Final = re.compile(r"^[a-zA-Z\d\-_.]+$", re.ASCII)
 _RULES: Final = (

@@ -52,6 +52,20 @@ async def test_capacity(make_layer: Any) -> None:
     assert layer.statistics().full == 2
 
 
+async def test_socket_reply_channels_have_the_relays_capacity_by_default(
+    make_layer: Any,
+) -> None:
+    # A protocol server's stream carries all of its connections: a push to one
+    # socket's reply channel must not be refused because the default capacity
+    # counts the others' traffic. A caller can still set that pattern.
+    layer = make_layer(capacity=3)
+    for n in range(10):
+        await layer.send("ps.server.loop!7", {"type": "websocket.push", "text": str(n)})
+    assert await _fill(layer, "other!7") == 3  # other process-specific channels: the default
+    strict = make_layer(capacity=3, channel_capacity={"ps.*!*": 2})
+    assert await _fill(strict, "ps.another.loop!8") == 2
+
+
 async def test_channel_full_is_channels_channel_full(make_layer: Any) -> None:
     layer = make_layer(capacity=1)
     await layer.send("test.compat", {"type": "test.m"})

@@ -13,6 +13,7 @@ on.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -135,27 +136,77 @@ async def test_malformed_and_oversized_pushes_are_dropped_and_the_socket_carries
     assert server.log().count("push dropped") == 1
 
 
-async def test_a_client_that_stops_reading_gets_the_latest_pushes_not_all(
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_client_that_stops_reading_costs_bounded_memory_and_gets_the_newest(
     deploy: Deploy, redis_url: str
 ) -> None:
     deployment = deploy("layer_app:app", workers=1, servers=1)
     server = deployment.add_server("--ws-max-push-backlog", "5")
     url = deployment.urls[-1].replace("http://", "ws://", 1) + "/push"
-    count, size = 400, 60_000  # 24 MB: more than the socket buffers hold
-    async with connect(url, max_size=None, max_queue=1) as ws:
-        await _joined(ws)
-        # The client reads nothing while they are published...
+    count, size = 400, 100_000  # 40 MB: far more than the socket buffers hold
+    async with (
+        connect(url, max_size=None, max_queue=1) as slow,
+        # Another socket on the same server (not in the group): its receive
+        # keeps reading the server's stream, so nothing waits in Redis for
+        # the slow one.
+        connect(url.replace("/push", "/chat")) as other,
+    ):
+        await _joined(slow)
+        with anyio.fail_after(10):
+            assert "joined" in json.loads(await other.recv())
+        before = _rss_kib(server.pid)
+        # The slow client reads nothing while they are published...
         async with AsyncPublisher.from_url(redis_url) as publisher:
             for i in range(count):
                 await publisher.group_send(
                     "pushed", {"type": "websocket.push", "text": f"{i:05d}" + "x" * size}
                 )
-        server.wait_for(r"push dropped \(the client is ws_max_push_backlog behind\)")
-        # ...then catches up: it gets what the buffers held and the newest.
+        server.wait_for(r"push dropped \(the client is ws_max_push_backlog or flow_window behind")
+        # ...and the server did not keep them for it (at most flow_window of
+        # pushes, 1 MiB by default, plus what uvicorn holds before pausing).
+        grown = _rss_kib(server.pid) - before
+        assert grown < 15 * 1024, f"the server grew by {grown} KiB"
+        # Then it catches up: what the buffers held, then the newest, in order.
         got: list[int] = []
         while not got or got[-1] != count - 1:
-            text = await _recv(ws)
+            text = await _recv(slow)
             assert isinstance(text, str)
             got.append(int(text[:5]))
-    assert got == sorted(got)  # in order, with a gap
+    assert got == sorted(got)
     assert len(got) < count
+
+
+async def test_a_push_sent_by_the_app_right_after_accept_arrives_after_the_accept(
+    deploy: Deploy,
+) -> None:
+    deployment = deploy("layer_app:app", workers=1, servers=1)
+    for _ in range(20):
+        async with connect(deployment.ws_url + "/welcome") as ws:
+            assert [await _recv(ws), await _recv(ws)] == ["welcome", "after"]
+    assert "push dropped" not in deployment.servers[0].log()
+
+
+async def test_a_client_that_vanishes_while_pushes_wait_for_it_disconnects_its_app(
+    deploy: Deploy, redis_url: str
+) -> None:
+    deployment = deploy("layer_app:app", workers=1, servers=1)
+    left = RedisStreamsChannelLayer(hosts=[redis_url])
+    ws = await connect(deployment.ws_url + "/push-watched", max_queue=1)
+    await _joined(ws)
+    async with AsyncPublisher.from_url(redis_url) as publisher:
+        for i in range(300):  # 30 MB: the server's send is waiting on the socket
+            await publisher.group_send(
+                "pushed", {"type": "websocket.push", "text": f"{i:05d}" + "x" * 100_000}
+            )
+    ws.transport.abort()  # gone without a close frame
+    with anyio.fail_after(10):
+        assert (await left.receive("push-left"))["type"] == "left"
+    await left.close()
+    log = deployment.servers[0].log()
+    assert "Traceback" not in log, log

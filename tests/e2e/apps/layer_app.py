@@ -79,6 +79,29 @@ async def push(websocket: WebSocket) -> None:
             await layer.group_discard("pushed", reply_channel)
 
 
+async def push_watched(websocket: WebSocket) -> None:
+    """``/push``, and when the client is gone, says so on channel ``push-left``."""
+    layer: Any = websocket.scope["channel_layer"]
+    try:
+        await push(websocket)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await layer.send("push-left", {"type": "left"})
+
+
+async def welcome(websocket: WebSocket) -> None:
+    """Accepts, pushes ``welcome`` to its own reply channel, then sends
+    ``after`` itself: the client must get them in that order."""
+    layer: Any = websocket.scope["channel_layer"]
+    await websocket.accept()
+    push = {"type": "websocket.push", "text": "welcome"}
+    await layer.send(websocket.scope["reply_channel"], push)
+    await websocket.send_text("after")
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.receive_text()
+
+
 async def push_before_accept(websocket: WebSocket) -> None:
     """Joins group ``early`` (the socket) and ``early-go`` (the app) before
     accepting, says so on channel ``early-ready``, and accepts only when
@@ -102,5 +125,7 @@ app = Starlette(
         WebSocketRoute("/chat", chat),
         WebSocketRoute("/push", push),
         WebSocketRoute("/push-before-accept", push_before_accept),
+        WebSocketRoute("/push-watched", push_watched),
+        WebSocketRoute("/welcome", welcome),
     ]
 )
