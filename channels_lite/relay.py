@@ -34,7 +34,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .exceptions import WireError
 from .layer._names import RELAY_CAPACITY as RELAY_CAPACITY  # the runtime's name for it
+from .wire import decode_message
 
 CLAIM: Final = "cl.claim"
 DROP: Final = "cl.drop"
@@ -124,7 +126,13 @@ def count(message: dict[str, Any], key: str) -> int:
 
 
 def make_layer(
-    redis_url: str, prefix: str, *, max_message_size: int, keys: str = "", seal: str = "sign"
+    redis_url: str,
+    prefix: str,
+    *,
+    max_message_size: int,
+    keys: str = "",
+    seal: str = "sign",
+    shedding: Any = None,
 ) -> Any:
     """The channel layer a protocol server or worker relays connections over.
 
@@ -147,11 +155,21 @@ def make_layer(
         seal=seal,
         bundle_sends=True,
         multiplex=True,
+        shedding=shedding,
     )
 
 
 #: Largest body chunk one relay event carries; bigger sends are split.
 CHUNK_SIZE: Final = 256 * 1024
+
+
+def is_push(body: bytes) -> bool:
+    """Whether an encoded channel message is a :data:`PUSH` (what a protocol
+    server may shed for a client that has fallen behind)."""
+    try:
+        return decode_message(body).get("type") == PUSH
+    except WireError:
+        return False
 
 
 def split_message(event: dict[str, Any]) -> list[dict[str, Any]]:

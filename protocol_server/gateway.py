@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from channels_lite import keys, relay
 from channels_lite.exceptions import BrokerError
+from channels_lite.layer import Shedding
 from channels_lite.layer.heartbeat import Heartbeat
 from channels_lite.layer.inspect import DROP_COUNTERS
 from channels_lite.layer.queue import WorkQueue
@@ -43,18 +44,34 @@ class Gateway:
     async def startup(self) -> None:
         """Connect to Redis and make sure the connect stream's group exists."""
         config = self.config
+        # A slow WebSocket client's pushes are shed where they wait, in the
+        # layer's buffer for its channel (the app's events there are bounded
+        # by their credit, and never shed).
+        shedding = Shedding(
+            max_messages=config.ws_max_push_backlog,
+            max_bytes=config.flow_window,
+            sheddable=relay.is_push,
+            on_shed=self._push_shed,
+        )
         layer = relay.make_layer(
             config.redis_url,
             config.prefix,
             max_message_size=max(config.ws_max_size, relay.CHUNK_SIZE) + 64 * 1024,
             keys=config.keys,
             seal=config.seal,
+            shedding=shedding,
         )
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
         await queue.ensure_group()  # one round trip; fails fast if Redis is unreachable
         self._ctx = ServerContext(config, layer, queue, self.server_id)
         logger.info("protocol server %s connected to Redis", self.server_id)
         self.ready.set()
+
+    def _push_shed(self, channel: str) -> None:
+        if self._ctx is not None:
+            self._ctx.push_dropped(
+                channel, "the client is ws_max_push_backlog or flow_window behind"
+            )
 
     async def shutdown(self) -> None:
         if self._ctx is not None:

@@ -16,22 +16,20 @@ entry per protocol server and a socket write per client, not a wake-up of
 every member's app. A push is dropped (and counted) when the socket is not
 accepted yet, or when it is malformed or larger than ``ws_max_size``.
 
-Pushes take no part in flow control (no worker waits for their credit), so
-once the socket is accepted a task reads the connection's channel ahead of
-the writer: while uvicorn waits for a slow client, what arrives queues here,
-where pushes are bounded (``ws_max_push_backlog`` messages, ``flow_window``
-bytes; the oldest push goes first) instead of piling up in the layer's
-buffer for as long as the client does not read.
+Pushes take no part in flow control (no worker waits for their credit).
+While uvicorn waits for a slow client, what arrives for the socket waits in
+the layer's buffer for its channel, and there the pushes are shed, the
+oldest first, beyond ``ws_max_push_backlog`` messages or ``flow_window``
+bytes (the gateway gives its layer that ``Shedding``): the app's events are
+bounded by their credit and never shed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from channels_lite.exceptions import BrokerError
 from channels_lite.relay import PUSH, Joiner, payload_size, split_message
@@ -58,13 +56,6 @@ class WebSocketBridge(Bridge):
         self.accepted = False
         self.overloaded = False  # the client ran ws_max_queue messages ahead
         self._joiner = Joiner()  # parts of a large message from the app
-        # Once accepted: events read ahead of the writer, in order, and the
-        # pushes among them (count, payload bytes), bounded; see the module.
-        self._ahead: deque[Message] | None = None
-        self._ahead_ready: anyio.Event | None = None
-        self._ahead_pushes = 0
-        self._ahead_push_bytes = 0
-        self._tasks: anyio.abc.TaskGroup | None = None
         self._worker_told = False  # the worker has (or is being sent) the disconnect
 
     async def run(self) -> None:
@@ -82,7 +73,6 @@ class WebSocketBridge(Bridge):
                 return
             async with anyio.create_task_group() as tg:
                 self.relay_scope = tg.cancel_scope
-                self._tasks = tg
                 if self.lost:
                     tg.cancel_scope.cancel()
                 tg.start_soon(self._pump_client, tg.cancel_scope)
@@ -144,13 +134,10 @@ class WebSocketBridge(Bridge):
 
     async def _relay_to_client(self) -> None:
         while True:
-            message = await self._next_event()
+            message = await self.next_from_worker()
             kind = message["type"]
             if kind in ("websocket.accept", "websocket.http.response.start"):
                 self.accepted = kind == "websocket.accept"
-                if self.accepted and self._tasks is not None:
-                    self._ahead = deque()
-                    self._tasks.start_soon(self._read_ahead, self._ahead)
                 await self.send(message)
             elif kind == "websocket.send":
                 size = payload_size(message)
@@ -175,54 +162,6 @@ class WebSocketBridge(Bridge):
                     return
             else:
                 logger.warning("conn %s: unexpected %r from worker; ignored", self.channel, kind)
-
-    async def _next_event(self) -> Message:
-        """The next event to write: from the worker's channel, or once the
-        socket is accepted, from what the read-ahead task queued."""
-        ahead = self._ahead
-        if ahead is None:
-            return await self.next_from_worker()
-        while not ahead:
-            ready = self._ahead_ready = anyio.Event()
-            await ready.wait()  # cancellation point: nothing is taken until returned
-        message = ahead.popleft()
-        if message["type"] == PUSH:
-            self._ahead_pushes -= 1
-            self._ahead_push_bytes -= payload_size(message)
-        return message
-
-    async def _read_ahead(self, ahead: deque[Message]) -> None:
-        """Read the connection's channel while the writer may be waiting on
-        the client, bounding the pushes queued (the app's own events are
-        bounded by flow control, and are never dropped here)."""
-        config = self.ctx.config
-        while True:
-            # Cancellation point: the layer keeps what it took for the next call.
-            message = await self.next_from_worker()
-            if message["type"] == PUSH:
-                size = payload_size(message)
-                while self._ahead_pushes and (
-                    self._ahead_pushes >= config.ws_max_push_backlog
-                    or self._ahead_push_bytes + size > config.flow_window
-                ):
-                    self._drop_oldest_push(ahead)
-                self._ahead_pushes += 1
-                self._ahead_push_bytes += size
-            ahead.append(message)
-            if self._ahead_ready is not None:
-                self._ahead_ready.set()
-                self._ahead_ready = None
-
-    def _drop_oldest_push(self, ahead: deque[Message]) -> None:
-        for index, queued in enumerate(ahead):
-            if queued["type"] == PUSH:
-                del ahead[index]
-                self._ahead_pushes -= 1
-                self._ahead_push_bytes -= payload_size(queued)
-                self.ctx.push_dropped(
-                    self.channel, "the client is ws_max_push_backlog or flow_window behind"
-                )
-                return
 
     async def _push(self, message: Message) -> None:
         """Write a push to the client, or drop it (counted) if it cannot go."""

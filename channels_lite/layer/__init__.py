@@ -8,6 +8,7 @@ semantics in one process. See ``_base`` for the rules both follow.
 from __future__ import annotations
 
 from ._base import BaseChannelLayer
+from ._inbox import Shedding
 from ._stats import LayerStatistics
 from .memory import InMemoryChannelLayer
 from .redis import RedisStreamsChannelLayer
@@ -17,4 +18,5 @@ __all__ = [
     "InMemoryChannelLayer",
     "LayerStatistics",
     "RedisStreamsChannelLayer",
+    "Shedding",
 ]

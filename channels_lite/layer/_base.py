@@ -56,7 +56,7 @@ from typing import Any, ClassVar, TypeVar
 from .. import keys, wire
 from ..exceptions import ChannelFull, ConfigError, WireError
 from ..sealing import Keyring
-from ._inbox import Inbox, InboxRules
+from ._inbox import Inbox, InboxRules, Shedding
 from ._names import (
     MAX_NAME_LENGTH,
     RELAY_CAPACITY,
@@ -134,6 +134,7 @@ class BaseChannelLayer:
         max_message_size: int = wire.DEFAULT_MAX_SIZE,
         receive_batch: int = 100,
         keyring: Keyring | None = None,
+        shedding: Shedding | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or not re.fullmatch(r"[\w.\-]+", prefix):
             raise ConfigError(f"prefix must be a non-empty word, not {prefix!r}")
@@ -164,7 +165,7 @@ class BaseChannelLayer:
         #: Seals what this layer writes and checks what it reads (None: off).
         self.keyring = keyring
         self._rules = InboxRules(
-            self.capacity_for, max_message_size, self._expiry_ms, self._counters, keyring
+            self.capacity_for, max_message_size, self._expiry_ms, self._counters, keyring, shedding
         )
         self._clock_offset_ms = 0.0
         self._stream_keys: dict[str, str] = {}
@@ -330,7 +331,12 @@ class BaseChannelLayer:
                 del state.readers[stream]
 
     async def new_channel(self, prefix: str = "specific") -> str:
-        """Return a new process-specific channel name, ``prefix.<client>!<random>``."""
+        """Return a new process-specific channel name, ``prefix.<client>!<n>``.
+
+        ``<client>`` is random per layer and event loop, ``<n>`` a serial:
+        unique, but not secret from whoever sees one name of the process.
+        Sealing (a keyring) is what keeps others from writing to a channel.
+        """
         state = self._state()
         # Checked by the part before "!" (cached): the hex serial after it
         # is valid by construction, and the full regex on every new channel

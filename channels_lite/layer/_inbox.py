@@ -19,10 +19,29 @@ from typing import Any
 from .. import wire
 from ..exceptions import WireError
 from ..sealing import Keyring
-from ._names import non_local_name
 from ._stats import Counters
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Shedding:
+    """Which buffered messages may go when a channel's consumer falls behind.
+
+    For a consumer that cannot keep up and whose messages are not all
+    precious (the protocol server's sockets: the app's own events are
+    bounded by flow control, pushes from outside are bounded by nothing):
+    once a channel's buffer holds ``max_messages`` messages or ``max_bytes``
+    bytes, each new arrival first drops the oldest buffered message that
+    ``sheddable`` accepts (an encoded body). Nothing is looked at while the
+    consumer keeps up.
+    """
+
+    max_messages: int
+    max_bytes: int
+    sheddable: Callable[[bytes], bool]
+    #: Told the channel of each message shed (counting, logging).
+    on_shed: Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +53,7 @@ class InboxRules:
     expiry_ms: int
     counters: Counters
     keyring: Keyring | None = None
+    shedding: Shedding | None = None
 
 
 @dataclass(slots=True)
@@ -48,6 +68,8 @@ class Inbox:
     name: str
     rules: InboxRules
     buffers: dict[str, deque[tuple[int, bytes]]] = field(default_factory=dict)
+    # Bytes of body in each buffer, kept only when the rules shed.
+    sizes: dict[str, int] = field(default_factory=dict)
     fetching: bool = False
     inflight: int = 0  # shielded pops not yet distributed
     waiting: dict[str, int] = field(default_factory=dict)
@@ -144,7 +166,8 @@ class Inbox:
     def _file(self, entry_id: bytes, ms: int, to: tuple[str, ...], body: bytes) -> None:
         counters = self.rules.counters
         for name in to:
-            if self.specific and non_local_name(name) != self.name:
+            # (startswith: the stream's name ends with its only "!")
+            if self.specific and not name.startswith(self.name):
                 counters.malformed += 1
                 logger.warning(
                     "entry %r on %s names foreign channel %r", entry_id, self.stream, name
@@ -156,11 +179,40 @@ class Inbox:
                     continue
                 buffer = self.buffers[name] = deque()
             elif len(buffer) >= self.rules.capacity_for(name):
-                buffer.popleft()
+                _, evicted = buffer.popleft()
                 counters.dropped += 1
+                if name in self.sizes:
+                    self.sizes[name] -= len(evicted)
+            shedding = self.rules.shedding
+            if shedding is not None:
+                size = self.sizes.get(name, 0) + len(body)
+                if len(buffer) >= shedding.max_messages or size > shedding.max_bytes:
+                    size -= self._shed(name, buffer, shedding, size)
+                self.sizes[name] = size
             buffer.append((ms, body))
             if name in self.waiters:
                 self.wake(name)
+
+    def _shed(
+        self, name: str, buffer: deque[tuple[int, bytes]], shedding: Shedding, size: int
+    ) -> int:
+        """Drop the oldest sheddable messages until ``name``'s buffer (with
+        one more, of ``size`` bytes in all) is within bounds; return the bytes
+        dropped. The consumer is behind: this is the slow path only."""
+        dropped = 0
+        index = 0
+        while index < len(buffer) and (
+            len(buffer) >= shedding.max_messages or size - dropped > shedding.max_bytes
+        ):
+            body = buffer[index][1]
+            if shedding.sheddable(body):
+                del buffer[index]
+                dropped += len(body)
+                self.rules.counters.dropped += 1
+                shedding.on_shed(name)
+            else:
+                index += 1
+        return dropped
 
     def take(self, channel: str, now_ms: float) -> dict[str, Any] | None:
         """The oldest unexpired, decodable message for ``channel``, if any."""
@@ -168,8 +220,11 @@ class Inbox:
         buffer = self.buffers.get(channel)
         while buffer:
             ms, body = buffer.popleft()
+            if channel in self.sizes:
+                self.sizes[channel] -= len(body)
             if not buffer:
                 del self.buffers[channel]
+                self.sizes.pop(channel, None)
             if now_ms - ms > self.rules.expiry_ms:
                 counters.expired += 1
                 continue
@@ -192,12 +247,16 @@ class Inbox:
             del self.forgotten[name]
         for name, buffer in list(self.buffers.items()):
             while buffer and buffer[0][0] < cutoff:
-                buffer.popleft()
+                _, body = buffer.popleft()
                 self.rules.counters.expired += 1
+                if name in self.sizes:
+                    self.sizes[name] -= len(body)
             if not buffer:
                 del self.buffers[name]
+                self.sizes.pop(name, None)
 
     def forget(self, channel: str, now_ms: float) -> None:
         """Drop ``channel``'s buffer and discard what still arrives for it."""
         self.buffers.pop(channel, None)
+        self.sizes.pop(channel, None)
         self.forgotten[channel] = now_ms

@@ -40,6 +40,7 @@ from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
 from ..sealing import keyring_from_env
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
+from ._inbox import Shedding
 from ._mux import Multiplexed
 from ._names import _channel_ok, check_channel
 
@@ -141,6 +142,9 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             runtime's relay uses it; for the layer in general the
             layer benchmark showed no clear difference either way yet, so it
             is off by default.
+        shedding: what may be dropped for a channel whose consumer has
+            fallen behind (``layer/_inbox.py``, ``Shedding``); the protocol
+            server sheds pushes to slow WebSocket clients. None: nothing.
         keys: the deployment's keyring, ``id:base64key[,...]`` (the first
             writes, all read): entries are sealed, and unsealed ones refused.
             ``None`` reads ``CHANNELS_LITE_KEYS``; ``""`` means no keyring.
@@ -168,6 +172,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         *,
         bundle_sends: bool = False,
         multiplex: bool = False,
+        shedding: Shedding | None = None,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -178,6 +183,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             max_message_size=max_message_size,
             receive_batch=receive_batch,
             keyring=keyring_from_env(keys, seal),
+            shedding=shedding,
         )
         self.hosts = _parse_hosts(hosts)
         self.bundle_sends = bundle_sends

@@ -4,7 +4,8 @@ A client connects through a protocol server to ``layer_app`` on a worker; the
 app joins group ``room``; a script outside the deployment publishes with
 :class:`~channels_lite.client.AsyncPublisher`; the client receives it. Then the
 same at scale: two protocol servers, two workers, 1,000 clients, 20 messages,
-every client gets every message exactly once and in order.
+every client gets every message exactly once and in order, through the apps
+and pushed to the sockets' reply channels.
 """
 
 from __future__ import annotations
@@ -53,9 +54,13 @@ async def test_external_group_send_reaches_one_client(deploy: Deploy, redis_url:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("path", ["through-apps", "pushed"])
 async def test_broadcast_to_1000_clients_over_two_servers_and_two_workers(
-    deploy: Deploy, redis_url: str
+    deploy: Deploy, redis_url: str, path: str
 ) -> None:
+    """Through the apps (each member's app relays the group message), or
+    pushed (the sockets' reply channels are the members; the protocol
+    servers write the frames): the same guarantee either way."""
     # The clients' 1,000 sockets live here; the servers' are in their own processes.
     _raise_open_files(CLIENTS + 1024)
     deployment = deploy(
@@ -64,7 +69,8 @@ async def test_broadcast_to_1000_clients_over_two_servers_and_two_workers(
         servers=2,
         worker_args=("--concurrency", "1000"),
     )
-    ws_urls = [url.replace("http://", "ws://", 1) + "/chat" for url in deployment.urls]
+    route = "/chat" if path == "through-apps" else "/push"
+    ws_urls = [url.replace("http://", "ws://", 1) + route for url in deployment.urls]
     clients: list[ClientConnection | None] = [None] * CLIENTS
     received: list[list[str]] = [[] for _ in range(CLIENTS)]
     pids: set[int] = set()
@@ -105,7 +111,12 @@ async def test_broadcast_to_1000_clients_over_two_servers_and_two_workers(
                 tg.start_soon(read_all, i)
             async with AsyncPublisher.from_url(redis_url) as publisher:
                 for n in range(MESSAGES):
-                    await publisher.group_send("room", {"type": "chat.message", "text": str(n)})
+                    if path == "through-apps":
+                        message = {"type": "chat.message", "text": str(n)}
+                        await publisher.group_send("room", message)
+                    else:
+                        push = {"type": "websocket.push", "text": json.dumps({"text": str(n)})}
+                        await publisher.group_send("pushed", push)
                 stats = publisher.statistics()
             assert stats.dropped == 0, stats
             with anyio.fail_after(20):
