@@ -139,14 +139,18 @@ def channels_lite_server(redis_url: str, redis_pid: int) -> Iterator[tuple[str, 
     worker = [PY, "-m", "channels_lite", "worker", "hello:app", "--app-dir", str(APPS), *common]
     server = [PY, "-m", "channels_lite", "protocol-server", "--bind", f"127.0.0.1:{port}", *common]
     with spawn(worker) as worker_proc, spawn(server, port=port) as server_proc:
-        # One request end to end so the worker is known to be pulling.
-        subprocess.run(
-            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
-            capture_output=True,
-            check=True,
-        )
-        roles = {"server": server_proc.pid, "worker": worker_proc.pid, "redis": redis_pid}
-        yield f"127.0.0.1:{port}", roles
+        yield warmed_up(port, server_proc.pid, worker_proc.pid, redis_pid)
+
+
+def warmed_up(port: int, server: int, worker: int, redis: int) -> tuple[str, Roles]:
+    """After one request end to end (so the worker is known to be pulling):
+    the address and the serving processes by role."""
+    subprocess.run(
+        ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        check=True,
+    )
+    return f"127.0.0.1:{port}", {"server": server, "worker": worker, "redis": redis}
 
 
 @contextmanager
@@ -159,13 +163,7 @@ def floor_server(redis_url: str, redis_pid: int) -> Iterator[tuple[str, Roles]]:
         spawn([*relay, "worker", *common]) as worker_proc,
         spawn([*relay, "server", *common, "--port", str(port)], port=port) as server_proc,
     ):
-        subprocess.run(
-            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
-            capture_output=True,
-            check=True,
-        )
-        roles = {"server": server_proc.pid, "worker": worker_proc.pid, "redis": redis_pid}
-        yield f"127.0.0.1:{port}", roles
+        yield warmed_up(port, server_proc.pid, worker_proc.pid, redis_pid)
 
 
 #: The processes that serve, by role, for CPU accounting.
