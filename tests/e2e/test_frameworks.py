@@ -23,10 +23,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from channels_lite.client import AsyncPublisher
 
 from ._procs import APPS_DIR, Process
 from .conftest import Deploy, Deployment
@@ -342,3 +345,19 @@ async def test_channels_chat_group_across_worker_processes(deploy: Deploy, redis
         for ws, pid in ((alice, alice_pid), (bob, bob_pid)):
             got = json.loads(await ws.recv())
             assert got == {"type": "message", "text": "hi alice", "from": bob_pid, "to": pid}
+
+
+async def test_a_channels_consumer_joins_a_group_with_its_reply_channel_and_gets_pushes(
+    deploy: Deploy, redis_url: str
+) -> None:
+    # The consumers' layer (CHANNEL_LAYERS) on the deployment's own prefix:
+    # a push must reach the protocol servers' streams.
+    ours = _deployment(
+        deploy, redis_url, CHANNELS.app, {"CHANNEL_LAYER_PREFIX": "asgi", **CHANNELS.env}
+    )
+    async with connect(ours.ws_url + "/ws/push/lobby/", open_timeout=10) as ws:
+        assert json.loads(await ws.recv())["type"] == "joined"
+        async with AsyncPublisher.from_url(redis_url) as publisher:
+            await publisher.group_send("pushed_lobby", {"type": "websocket.push", "text": "hi"})
+        with anyio.fail_after(10):
+            assert await ws.recv() == "hi"

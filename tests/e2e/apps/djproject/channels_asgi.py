@@ -13,7 +13,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from .consumers import ChatConsumer, EchoConsumer  # noqa: E402
+from .consumers import ChatConsumer, EchoConsumer, PushConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -22,6 +22,7 @@ application = ProtocolTypeRouter(
             [
                 path("ws/echo/", EchoConsumer.as_asgi()),
                 path("ws/chat/<str:room>/", ChatConsumer.as_asgi()),
+                path("ws/push/<str:room>/", PushConsumer.as_asgi()),
             ]
         ),
     }

@@ -1,4 +1,6 @@
-"""Channels consumers: an echo and a chat room whose members meet in a group.
+"""Channels consumers: an echo, a chat room whose members meet in a group,
+and a room whose sockets get pushes (the group's members are the sockets'
+``reply_channel``, so the protocol servers write to the clients directly).
 
 The chat consumer reports its worker's pid so that a test can see a message
 cross from one worker process to another through the channel layer.
@@ -48,3 +50,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 {"type": "message", "text": event["text"], "from": event["pid"], "to": os.getpid()}
             )
         )
+
+
+class PushConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    """Joins ``pushed_<room>`` with its socket's reply channel: group messages
+    ``{"type": "websocket.push", ...}`` reach its client with no handler here."""
+
+    async def connect(self) -> None:
+        self.room = "pushed_" + self.scope["url_route"]["kwargs"]["room"]
+        await self.channel_layer.group_add(self.room, self.scope["reply_channel"])
+        await self.accept()
+        await self.send(text_data=json.dumps({"type": "joined", "pid": os.getpid()}))
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(self.room, self.scope["reply_channel"])
