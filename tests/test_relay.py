@@ -95,3 +95,20 @@ def test_a_forged_credit_grants_nothing_and_raises_nothing(
     message: dict[str, Any], granted: int
 ) -> None:
     assert relay.count(message, "bytes") == granted
+
+
+def test_is_push_recognises_pushes_and_only_pushes() -> None:
+    from channels_lite.wire import encode_message
+
+    assert relay.is_push(encode_message({"type": relay.PUSH, "text": "hi"}))
+    assert relay.is_push(encode_message({"bytes": b"x" * 100, "type": relay.PUSH}))
+    # An app's message that merely carries the type's bytes is not one.
+    sneaky = encode_message({"type": "websocket.send", "text": "\xaewebsocket.push"})
+    assert b"\xaewebsocket.push" in sneaky
+    assert not relay.is_push(sneaky)
+    assert not relay.is_push(encode_message({"type": "websocket.send", "text": "x" * 300_000}))
+    assert not relay.is_push(b"\xaewebsocket.push not msgpack")
+    # The documented limit: a push whose type follows 4 KiB of other fields
+    # is not recognised (so never shed, the safe side).
+    late = encode_message({"text": "x" * 5000, "type": relay.PUSH})
+    assert not relay.is_push(late)

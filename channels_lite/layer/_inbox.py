@@ -31,10 +31,10 @@ class Shedding:
     For a consumer that cannot keep up and whose messages are not all
     precious (the protocol server's sockets: the app's own events are
     bounded by flow control, pushes from outside are bounded by nothing):
-    once a channel's buffer holds ``max_messages`` messages or ``max_bytes``
-    bytes, each new arrival first drops the oldest buffered message that
-    ``sheddable`` accepts (an encoded body). Nothing is looked at while the
-    consumer keeps up.
+    the messages ``sheddable`` accepts (an encoded body; it is asked once
+    per message filed and once per message leaving, so it must be cheap)
+    are held to ``max_messages`` and ``max_bytes`` per channel, the oldest
+    of them dropped first; the others are never touched.
     """
 
     max_messages: int
@@ -68,8 +68,8 @@ class Inbox:
     name: str
     rules: InboxRules
     buffers: dict[str, deque[tuple[int, bytes]]] = field(default_factory=dict)
-    # Bytes of body in each buffer, kept only when the rules shed.
-    sizes: dict[str, int] = field(default_factory=dict)
+    # Sheddable messages in each buffer, [count, bytes] (when the rules shed).
+    shed_load: dict[str, list[int]] = field(default_factory=dict)
     fetching: bool = False
     inflight: int = 0  # shielded pops not yet distributed
     waiting: dict[str, int] = field(default_factory=dict)
@@ -181,38 +181,53 @@ class Inbox:
             elif len(buffer) >= self.rules.capacity_for(name):
                 _, evicted = buffer.popleft()
                 counters.dropped += 1
-                if name in self.sizes:
-                    self.sizes[name] -= len(evicted)
+                self._unload(name, evicted)
             shedding = self.rules.shedding
-            if shedding is not None:
-                size = self.sizes.get(name, 0) + len(body)
-                if len(buffer) >= shedding.max_messages or size > shedding.max_bytes:
-                    size -= self._shed(name, buffer, shedding, size)
-                self.sizes[name] = size
+            if shedding is not None and shedding.sheddable(body):
+                load = self.shed_load.setdefault(name, [0, 0])
+                if load[0] >= shedding.max_messages or load[1] + len(body) > shedding.max_bytes:
+                    self._shed(name, buffer, shedding, load, len(body))
+                load[0] += 1
+                load[1] += len(body)
             buffer.append((ms, body))
             if name in self.waiters:
                 self.wake(name)
 
     def _shed(
-        self, name: str, buffer: deque[tuple[int, bytes]], shedding: Shedding, size: int
-    ) -> int:
-        """Drop the oldest sheddable messages until ``name``'s buffer (with
-        one more, of ``size`` bytes in all) is within bounds; return the bytes
-        dropped. The consumer is behind: this is the slow path only."""
-        dropped = 0
+        self,
+        name: str,
+        buffer: deque[tuple[int, bytes]],
+        shedding: Shedding,
+        load: list[int],
+        incoming: int,
+    ) -> None:
+        """Drop the oldest sheddable messages of ``name`` until one more of
+        ``incoming`` bytes fits. The consumer is behind: the slow path only."""
         index = 0
-        while index < len(buffer) and (
-            len(buffer) >= shedding.max_messages or size - dropped > shedding.max_bytes
+        while (
+            index < len(buffer)
+            and load[0]
+            and (load[0] >= shedding.max_messages or load[1] + incoming > shedding.max_bytes)
         ):
             body = buffer[index][1]
             if shedding.sheddable(body):
                 del buffer[index]
-                dropped += len(body)
+                load[0] -= 1
+                load[1] -= len(body)
                 self.rules.counters.dropped += 1
                 shedding.on_shed(name)
             else:
                 index += 1
-        return dropped
+
+    def _unload(self, name: str, body: bytes) -> None:
+        """``body`` left ``name``'s buffer: off its sheddable load, if it was."""
+        load = self.shed_load.get(name)
+        if load is not None and self.rules.shedding is not None:
+            if self.rules.shedding.sheddable(body):
+                load[0] -= 1
+                load[1] -= len(body)
+            if name not in self.buffers or not self.buffers[name]:
+                del self.shed_load[name]
 
     def take(self, channel: str, now_ms: float) -> dict[str, Any] | None:
         """The oldest unexpired, decodable message for ``channel``, if any."""
@@ -220,11 +235,10 @@ class Inbox:
         buffer = self.buffers.get(channel)
         while buffer:
             ms, body = buffer.popleft()
-            if channel in self.sizes:
-                self.sizes[channel] -= len(body)
             if not buffer:
                 del self.buffers[channel]
-                self.sizes.pop(channel, None)
+            if self.shed_load:
+                self._unload(channel, body)
             if now_ms - ms > self.rules.expiry_ms:
                 counters.expired += 1
                 continue
@@ -249,14 +263,15 @@ class Inbox:
             while buffer and buffer[0][0] < cutoff:
                 _, body = buffer.popleft()
                 self.rules.counters.expired += 1
-                if name in self.sizes:
-                    self.sizes[name] -= len(body)
-            if not buffer:
+                if not buffer:
+                    del self.buffers[name]
+                if self.shed_load:
+                    self._unload(name, body)
+            if not buffer and name in self.buffers:
                 del self.buffers[name]
-                self.sizes.pop(name, None)
 
     def forget(self, channel: str, now_ms: float) -> None:
         """Drop ``channel``'s buffer and discard what still arrives for it."""
         self.buffers.pop(channel, None)
-        self.sizes.pop(channel, None)
+        self.shed_load.pop(channel, None)
         self.forgotten[channel] = now_ms
