@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .exceptions import WireError
+from .layer._inbox import Shedding
 from .layer._names import RELAY_CAPACITY as RELAY_CAPACITY  # the runtime's name for it
 from .wire import decode_message
 
@@ -132,7 +133,7 @@ def make_layer(
     max_message_size: int,
     keys: str = "",
     seal: str = "sign",
-    shedding: Any = None,
+    shedding: Shedding | None = None,
 ) -> Any:
     """The channel layer a protocol server or worker relays connections over.
 

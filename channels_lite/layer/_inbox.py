@@ -220,14 +220,13 @@ class Inbox:
                 index += 1
 
     def _unload(self, name: str, body: bytes) -> None:
-        """``body`` left ``name``'s buffer: off its sheddable load, if it was."""
+        """``body`` left ``name``'s (still not empty) buffer: off its sheddable
+        load, if it was sheddable. An emptied buffer's load is simply dropped."""
         load = self.shed_load.get(name)
-        if load is not None and self.rules.shedding is not None:
-            if self.rules.shedding.sheddable(body):
-                load[0] -= 1
-                load[1] -= len(body)
-            if name not in self.buffers or not self.buffers[name]:
-                del self.shed_load[name]
+        shedding = self.rules.shedding
+        if load is not None and shedding is not None and shedding.sheddable(body):
+            load[0] -= 1
+            load[1] -= len(body)
 
     def take(self, channel: str, now_ms: float) -> dict[str, Any] | None:
         """The oldest unexpired, decodable message for ``channel``, if any."""
@@ -237,7 +236,8 @@ class Inbox:
             ms, body = buffer.popleft()
             if not buffer:
                 del self.buffers[channel]
-            if self.shed_load:
+                self.shed_load.pop(channel, None)
+            elif self.shed_load:
                 self._unload(channel, body)
             if now_ms - ms > self.rules.expiry_ms:
                 counters.expired += 1
@@ -263,12 +263,11 @@ class Inbox:
             while buffer and buffer[0][0] < cutoff:
                 _, body = buffer.popleft()
                 self.rules.counters.expired += 1
-                if not buffer:
-                    del self.buffers[name]
                 if self.shed_load:
                     self._unload(name, body)
-            if not buffer and name in self.buffers:
+            if not buffer:
                 del self.buffers[name]
+                self.shed_load.pop(name, None)
 
     def forget(self, channel: str, now_ms: float) -> None:
         """Drop ``channel``'s buffer and discard what still arrives for it."""
