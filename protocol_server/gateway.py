@@ -152,9 +152,16 @@ class Gateway:
         """Fail the connections of workers that stopped beating (502 or 1011),
         and every connection once Redis has been unreachable for longer than
         ``heartbeat_timeout``."""
+        failed_for: float | None = None  # the outage whose connections were failed
         while True:
             await anyio.sleep(self.config.heartbeat_interval)  # cancellation point
             since = heartbeat.failing_since
+            if since is not None and since == failed_for:
+                # Already failed for this outage. What is in by_worker now was
+                # claimed since, through a Redis that is back but not yet seen
+                # by the heartbeat (it retries every interval): not ours to
+                # fail; if our beat lapsed meanwhile, the lapse fails them.
+                continue
             if (
                 since is not None
                 and ctx.by_worker
@@ -164,8 +171,9 @@ class Gateway:
                 # heartbeat timeout everyone counts us gone anyway (our beat
                 # has lapsed; each worker disconnects its apps when it sees
                 # Redis again): the clients hear it now, not when Redis is
-                # back, which nothing else bounds. Said once per outage: the
-                # connections failed are gone from by_worker.
+                # back, which nothing else bounds. Done and said once per
+                # outage.
+                failed_for = since
                 lost = [b for w in list(ctx.by_worker) for b in ctx.worker_lost(w)]
                 logger.warning(
                     "broker unreachable for over %.1fs: failed %d connection(s) in flight",
