@@ -12,7 +12,11 @@ host, whatever the number of members.
 
 Connections: one ``redis.asyncio`` client (and pool) per host and event loop.
 With several ``hosts`` every key is placed by a stable hash of its name, so
-all processes agree on where a stream or group lives.
+all processes agree on where a stream or group lives. The pool holds at most
+``max_connections`` (100 unless the host's options say) and a command beyond
+that waits for one (up to ``pool_timeout``, 10 s): redis-py's plain pool
+fails it at once instead ("Too many connections"), which a burst of a few
+hundred connections joining groups at once turned into failed connections.
 """
 
 from __future__ import annotations
@@ -123,7 +127,9 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
     Args:
         hosts: Redis URLs (``redis://``, ``rediss://``, ``unix://``), ``(host,
             port)`` pairs, or dicts of redis-py client arguments, optionally with
-            an ``address`` (URL or pair). Several hosts shard the keys.
+            an ``address`` (URL or pair). Several hosts shard the keys. A
+            dict may also set ``max_connections`` (of each pool, 100) and
+            ``pool_timeout`` (seconds a command waits for one, 10).
         prefix: prefix of every key.
         expiry: seconds an undelivered message lives.
         group_expiry: seconds a group membership lives unless re-added.
@@ -562,8 +568,17 @@ def _parse_host(host: Any) -> _HostSpec:
     raise ConfigError(f"cannot understand Redis host {host!r}: use a URL, (host, port) or a dict")
 
 
+#: Connections of one pool (per host and event loop) unless the host says.
+_MAX_CONNECTIONS = 100
+#: Seconds a command waits for a pooled connection before it fails as an outage.
+_POOL_TIMEOUT = 10.0
+
+
 def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
+    options = dict(options)
+    pool_timeout = options.pop("pool_timeout", _POOL_TIMEOUT)
     settings: dict[str, Any] = {
+        "max_connections": _MAX_CONNECTIONS,
         "socket_connect_timeout": 5,
         # No socket_timeout: redis-py would wrap every command in wait_for,
         # a task per command, and on Python 3.11 wait_for can swallow a
@@ -585,8 +600,20 @@ def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
         settings.pop("socket_keepalive", None)  # not a TCP socket
         settings.pop("socket_keepalive_options", None)
     try:
-        if url is not None:
-            return aioredis.Redis.from_url(url, **settings)
-        return aioredis.Redis(**settings)
+        # Built by redis-py as usual (it turns URLs and ssl options into
+        # connection settings), then given a pool that waits when full.
+        plain = (
+            aioredis.Redis.from_url(url, **settings)
+            if url is not None
+            else aioredis.Redis(**settings)
+        )
+        pool = plain.connection_pool
+        blocking = aioredis.BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=pool.max_connections,
+            timeout=float(pool_timeout),
+            **pool.connection_kwargs,
+        )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Redis host {url or options!r}: {exc}") from exc
+    return aioredis.Redis.from_pool(blocking)

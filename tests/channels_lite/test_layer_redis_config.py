@@ -196,3 +196,43 @@ async def test_tls_verifies_the_server_certificate(
         pytest.raises((ChannelsLiteError, redis.exceptions.ConnectionError, ssl.SSLError)),
     ):
         await layer.send("test.tls", {"type": "test.m"})
+
+
+async def test_a_burst_beyond_the_pool_waits_for_a_connection(
+    redis_url: str, make_redis_layer: Any
+) -> None:
+    """500 connections joining a group at once (a worker's apps after a
+    reconnect storm) all get in: commands beyond the pool's 100 connections
+    wait for one, where redis-py's plain pool failed them ("Too many
+    connections", which the runtime took for Redis being down)."""
+    layer = make_redis_layer(hosts=[redis_url])
+    names = [f"test.burst{i}" for i in range(500)]
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(layer.group_add, "test.crowd", name)
+    await layer.group_send("test.crowd", {"type": "test.all"})
+    for name in names[:3] + names[-3:]:
+        assert await recv(layer, name) == {"type": "test.all"}
+
+
+async def test_max_connections_and_pool_timeout_are_host_options(
+    redis_url: str, make_redis_layer: Any
+) -> None:
+    """A host dict sets the pool's size and how long a command waits for a
+    connection; past that wait it fails as an outage, not forever."""
+    layer = make_redis_layer(
+        hosts=[{"address": redis_url, "max_connections": 1, "pool_timeout": 0.3}]
+    )
+    await layer.send("test.small", {"type": "test.first"})  # the pool's one connection
+    async with anyio.create_task_group() as tg:
+        # An idle receive holds the only connection in XREAD BLOCK.
+        tg.start_soon(layer.receive, "test.nobody")
+        await anyio.sleep(0.2)
+        started = anyio.current_time()
+        with pytest.raises(ChannelsLiteError, match=r"(?i)no connection available"):
+            await layer.group_add("test.room", "test.small")
+        assert 0.25 < anyio.current_time() - started < 3
+        tg.cancel_scope.cancel()
+    bad = make_redis_layer(hosts=[{"address": redis_url, "pool_timeout": "soon"}])
+    with pytest.raises(ChannelsLiteError, match="invalid Redis host"):
+        await bad.send("test.small", {"type": "test.never"})
