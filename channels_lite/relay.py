@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .exceptions import WireError
-from .layer._inbox import Shedding
+from .layer._inbox import OnArrival, Shedding
 from .layer._names import RELAY_CAPACITY as RELAY_CAPACITY  # the runtime's name for it
 from .wire import decode_message
 
@@ -134,6 +134,7 @@ def make_layer(
     keys: str = "",
     seal: str = "sign",
     shedding: Shedding | None = None,
+    on_arrival: OnArrival | None = None,
 ) -> Any:
     """The channel layer a protocol server or worker relays connections over.
 
@@ -157,6 +158,7 @@ def make_layer(
         bundle_sends=True,
         multiplex=True,
         shedding=shedding,
+        on_arrival=on_arrival,
     )
 
 

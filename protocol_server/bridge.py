@@ -23,6 +23,7 @@ from channels_lite.layer import RedisStreamsChannelLayer
 from channels_lite.layer.queue import WorkQueue
 
 from .config import Config
+from .pushes import DirectPushes
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class ServerContext:
     #: Pushes not written to their socket (not accepted yet, malformed, too
     #: large, or beyond ``ws_max_push_backlog`` for a slow client).
     pushes_dropped: int = 0
+    #: Pushes written to their socket by its bridge (the direct ones: ``direct.written``).
+    pushes_written: int = 0
+    #: The layer's ``on_arrival``: pushes written to idle sockets at once.
+    direct: DirectPushes = field(default_factory=lambda: DirectPushes(0))
     #: When each kind of now-and-then warning was last logged.
     _logged: dict[str, float] = field(default_factory=dict)
 
@@ -149,6 +154,9 @@ class Bridge:
         self._written = 0
         # Events of a batch from the worker not yet handled, in order.
         self._unread: deque[Message] = deque()
+        # Waiting in the layer's receive for the next message: everything
+        # taken before has been handled (for WebSockets, written).
+        self.parked = False
 
     def _credit_event(self) -> anyio.Event:
         if self._credit is None:
@@ -243,8 +251,13 @@ class Bridge:
         if self._unread:
             return self._unread.popleft()
         while True:
-            # Cancellation point: the layer keeps what it took for the next call.
-            events = relay.unbatch(await self.layer.receive(self.channel))
+            self.parked = True
+            try:
+                # Cancellation point: the layer keeps what it took for the next call.
+                batch = await self.layer.receive(self.channel)
+            finally:
+                self.parked = False
+            events = relay.unbatch(batch)
             if events:
                 self._unread.extend(events[1:])
                 return events[0]

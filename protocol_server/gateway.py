@@ -25,6 +25,7 @@ from channels_lite.layer.queue import WorkQueue
 from .bridge import ServerContext
 from .config import Config
 from .http import handle_http
+from .pushes import DirectPushes
 from .websocket import handle_websocket
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class Gateway:
             sheddable=relay.is_push,
             on_shed=self._push_shed,
         )
+        # And a push for an idle socket is written as the layer reads it,
+        # framed once for all of its sockets here (pushes.py).
+        direct = DirectPushes(config.ws_max_size)
         layer = relay.make_layer(
             config.redis_url,
             config.prefix,
@@ -60,10 +64,11 @@ class Gateway:
             keys=config.keys,
             seal=config.seal,
             shedding=shedding,
+            on_arrival=direct,
         )
         queue = WorkQueue(layer, keys.connect_stream(config.prefix), keys.WORKERS_GROUP)
         await queue.ensure_group()  # one round trip; fails fast if Redis is unreachable
-        self._ctx = ServerContext(config, layer, queue, self.server_id)
+        self._ctx = ServerContext(config, layer, queue, self.server_id, direct=direct)
         logger.info("protocol server %s connected to Redis", self.server_id)
         self.ready.set()
 
@@ -114,6 +119,8 @@ class Gateway:
                 "connections": sum(len(b) for b in ctx.by_worker.values()),
                 "pending": ctx.pending,
                 "rejected": ctx.rejected,
+                "pushes_written": ctx.pushes_written + ctx.direct.written,
+                "pushes_direct": ctx.direct.written,
                 "pushes_dropped": ctx.pushes_dropped,
                 "layer": {name: getattr(ctx.layer.statistics(), name) for name in DROP_COUNTERS},
             },

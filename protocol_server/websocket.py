@@ -27,6 +27,7 @@ bounded by their credit and never shed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -35,6 +36,8 @@ from channels_lite.exceptions import BrokerError
 from channels_lite.relay import PUSH, Joiner, payload_size, split_message
 
 from .bridge import Bridge, ServerContext, WorkerLost
+from .pushes import push_event
+from .ws_protocols import FRAME_WRITER
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,11 @@ class WebSocketBridge(Bridge):
         self.overloaded = False  # the client ran ws_max_queue messages ahead
         self._joiner = Joiner()  # parts of a large message from the app
         self._worker_told = False  # the worker has (or is being sent) the disconnect
+        # Our uvicorn protocol's writer of pre-framed pushes (ws_protocols.py).
+        writer = (scope.get("extensions") or {}).get(FRAME_WRITER)
+        self._write_frame: Callable[[bytes], bool] | None = (
+            writer.get("write") if isinstance(writer, dict) else None
+        )
 
     async def run(self) -> None:
         connect = await self.receive()
@@ -139,6 +147,8 @@ class WebSocketBridge(Bridge):
             if kind in ("websocket.accept", "websocket.http.response.start"):
                 self.accepted = kind == "websocket.accept"
                 await self.send(message)
+                if self.accepted and self._write_frame is not None:
+                    self.ctx.direct.sockets[self.channel] = self
             elif kind == "websocket.send":
                 size = payload_size(message)
                 if self._joiner.size + size > self.ctx.config.ws_max_size:
@@ -165,22 +175,33 @@ class WebSocketBridge(Bridge):
 
     async def _push(self, message: Message) -> None:
         """Write a push to the client, or drop it (counted) if it cannot go."""
-        text, data = message.get("text"), message.get("bytes")
-        if isinstance(text, str) and data is None:
-            event: Message = {"type": "websocket.send", "text": text}
-        elif isinstance(data, bytes) and text is None:
-            event = {"type": "websocket.send", "bytes": data}
-        else:
-            self.ctx.push_dropped(self.channel, "not exactly one of text (str) and bytes")
-            return
-        config = self.ctx.config
-        if not self.accepted:
+        event, why = push_event(message, self.ctx.config.ws_max_size)
+        if event is None:
+            self.ctx.push_dropped(self.channel, why)
+        elif not self.accepted:
             self.ctx.push_dropped(self.channel, "the socket is not accepted yet")
-        elif payload_size(event) > config.ws_max_size:
-            self.ctx.push_dropped(self.channel, f"larger than ws_max_size ({config.ws_max_size})")
         else:
             # Cancellation point: uvicorn waits while the client's socket is full.
             await self.send(event)
+            self.ctx.pushes_written += 1
+
+    def write_direct(self, frame: bytes) -> bool:
+        """Write a push's frame now, for :class:`DirectPushes`, if that keeps
+        the order: this bridge is parked in its receive (all it took is
+        written) with no event of a batch left, and the socket is accepted
+        and keeping up. Otherwise the push waits in the layer as usual."""
+        return (
+            self.parked
+            and not self._unread
+            and self.accepted
+            and self._write_frame is not None
+            and self._write_frame(frame)
+        )
+
+    def close(self) -> None:
+        if self.ctx.direct.sockets.get(self.channel) is self:
+            del self.ctx.direct.sockets[self.channel]
+        super().close()
 
     async def _too_big(self) -> None:
         """The app sent a message over ``ws_max_size``: close as for a client's."""

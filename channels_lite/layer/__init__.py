@@ -8,7 +8,7 @@ semantics in one process. See ``_base`` for the rules both follow.
 from __future__ import annotations
 
 from ._base import BaseChannelLayer
-from ._inbox import Shedding
+from ._inbox import OnArrival, Shedding
 from ._stats import LayerStatistics
 from .memory import InMemoryChannelLayer
 from .redis import RedisStreamsChannelLayer
@@ -17,6 +17,7 @@ __all__ = [
     "BaseChannelLayer",
     "InMemoryChannelLayer",
     "LayerStatistics",
+    "OnArrival",
     "RedisStreamsChannelLayer",
     "Shedding",
 ]

@@ -56,7 +56,7 @@ from typing import Any, ClassVar, TypeVar
 from .. import keys, wire
 from ..exceptions import ChannelFull, ConfigError, WireError
 from ..sealing import Keyring
-from ._inbox import Inbox, InboxRules, Shedding
+from ._inbox import Inbox, InboxRules, OnArrival, Shedding
 from ._names import (
     MAX_NAME_LENGTH,
     RELAY_CAPACITY,
@@ -135,6 +135,7 @@ class BaseChannelLayer:
         receive_batch: int = 100,
         keyring: Keyring | None = None,
         shedding: Shedding | None = None,
+        on_arrival: OnArrival | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or not re.fullmatch(r"[\w.\-]+", prefix):
             raise ConfigError(f"prefix must be a non-empty word, not {prefix!r}")
@@ -165,7 +166,13 @@ class BaseChannelLayer:
         #: Seals what this layer writes and checks what it reads (None: off).
         self.keyring = keyring
         self._rules = InboxRules(
-            self.capacity_for, max_message_size, self._expiry_ms, self._counters, keyring, shedding
+            self.capacity_for,
+            max_message_size,
+            self._expiry_ms,
+            self._counters,
+            keyring,
+            shedding,
+            on_arrival,
         )
         self._clock_offset_ms = 0.0
         self._stream_keys: dict[str, str] = {}
@@ -495,9 +502,9 @@ class BaseChannelLayer:
             return
         # From here to the delete nothing awaits: what was read reaches the buffers.
         self._observe_clock(int(entries[-1][0].split(b"-", 1)[0]))
-        for entry_id, fields in entries:
-            reader.distribute(entry_id, fields)
         now_ms = self._now_ms()
+        for entry_id, fields in entries:
+            reader.distribute(entry_id, fields, now_ms)
         if now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
             reader.sweep(now_ms)
         ids = position.read([entry_id for entry_id, _ in entries])
@@ -536,7 +543,7 @@ class BaseChannelLayer:
         self._clock_set = time.monotonic()
         self._counters.expired += popped.expired
         for entry_id, fields in popped.entries:
-            reader.distribute(entry_id, fields)
+            reader.distribute(entry_id, fields, popped.now_ms)
         if popped.now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
             reader.sweep(popped.now_ms)
         # The receive that started this pop may have been cancelled meanwhile.

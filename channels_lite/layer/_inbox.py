@@ -44,6 +44,14 @@ class Shedding:
     on_shed: Callable[[str], None]
 
 
+#: Offered each message that arrives for a channel with nothing buffered,
+#: as ``(channel, encoded body)``; returns whether it took the message (it
+#: is then never buffered nor returned by ``receive``). It runs inside the
+#: read of the stream, so it must not block, and it must be cheap for the
+#: messages it declines.
+OnArrival = Callable[[str, bytes], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class InboxRules:
     """What every inbox of one layer applies."""
@@ -54,6 +62,7 @@ class InboxRules:
     counters: Counters
     keyring: Keyring | None = None
     shedding: Shedding | None = None
+    on_arrival: OnArrival | None = None
 
 
 @dataclass(slots=True)
@@ -147,8 +156,12 @@ class Inbox:
             self.buffers or self.fetching or self.inflight or self.waiting or self.wait_task
         )
 
-    def distribute(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
-        """File one popped entry (a message, or a bundle of them) under its recipients."""
+    def distribute(self, entry_id: bytes, fields: Mapping[bytes, bytes], now_ms: float) -> None:
+        """File one popped entry (a message, or a bundle of them) under its recipients.
+
+        ``now_ms`` is the broker's clock (estimated): a message older than
+        the expiry is never offered to ``on_arrival``.
+        """
         counters = self.rules.counters
         try:
             if self.rules.keyring is not None:
@@ -159,12 +172,17 @@ class Inbox:
             logger.warning("skipped malformed entry %r on %s: %s", entry_id, self.stream, exc)
             return
         ms = int(entry_id.split(b"-", 1)[0])
+        # Expired ones are buffered as ever, for take (or the sweep) to count.
+        fresh = now_ms - ms <= self.rules.expiry_ms
         for to, body in parts:
             # A normal stream belongs to one channel, whatever the entry says.
-            self._file(entry_id, ms, to if self.specific else (self.name,), body)
+            self._file(entry_id, ms, to if self.specific else (self.name,), body, fresh)
 
-    def _file(self, entry_id: bytes, ms: int, to: tuple[str, ...], body: bytes) -> None:
+    def _file(
+        self, entry_id: bytes, ms: int, to: tuple[str, ...], body: bytes, fresh: bool
+    ) -> None:
         counters = self.rules.counters
+        on_arrival = self.rules.on_arrival if fresh else None
         for name in to:
             # (startswith: the stream's name ends with its only "!")
             if self.specific and not name.startswith(self.name):
@@ -176,6 +194,12 @@ class Inbox:
             buffer = self.buffers.get(name)
             if buffer is None:
                 if name in self.forgotten:
+                    continue
+                # Nothing of this channel waits to be taken, so a message
+                # taken now cannot overtake one: its consumer may take it
+                # as it arrives, without a receive.
+                if on_arrival is not None and on_arrival(name, body):
+                    counters.received += 1
                     continue
                 buffer = self.buffers[name] = deque()
             elif len(buffer) >= self.rules.capacity_for(name):

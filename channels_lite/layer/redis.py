@@ -44,7 +44,7 @@ from ..exceptions import BrokerError, BrokerUnavailable, ConfigError
 from ..sealing import keyring_from_env
 from . import _scripts
 from ._base import Append, BaseChannelLayer, Popped, _LoopState
-from ._inbox import Shedding
+from ._inbox import OnArrival, Shedding
 from ._mux import Multiplexed
 from ._names import _channel_ok, check_channel
 
@@ -151,6 +151,10 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         shedding: what may be dropped for a channel whose consumer has
             fallen behind (``layer/_inbox.py``, ``Shedding``); the protocol
             server sheds pushes to slow WebSocket clients. None: nothing.
+        on_arrival: offered each message that arrives for a channel with
+            nothing buffered, ``(channel, body) -> taken`` (``layer/_inbox.py``,
+            ``OnArrival``): the protocol server writes pushes to idle sockets
+            from there, without waking a receive per socket. None: off.
         keys: the deployment's keyring, ``id:base64key[,...]`` (the first
             writes, all read): entries are sealed, and unsealed ones refused.
             ``None`` reads ``CHANNELS_LITE_KEYS``; ``""`` means no keyring.
@@ -179,6 +183,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         bundle_sends: bool = False,
         multiplex: bool = False,
         shedding: Shedding | None = None,
+        on_arrival: OnArrival | None = None,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -190,6 +195,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             receive_batch=receive_batch,
             keyring=keyring_from_env(keys, seal),
             shedding=shedding,
+            on_arrival=on_arrival,
         )
         self.hosts = _parse_hosts(hosts)
         self.bundle_sends = bundle_sends

@@ -12,6 +12,7 @@ on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from channels_lite.client import AsyncPublisher
 from channels_lite.layer import RedisStreamsChannelLayer
+from channels_lite.layer.inspect import snapshot
 
 from .conftest import Deploy
 
 pytestmark = pytest.mark.anyio
+
+#: The smallest flow window the server takes: credit goes back every 16 KiB.
+SMALL_WINDOW = ("--flow-window", "65536")
 
 
 async def _joined(ws: ClientConnection) -> dict[str, Any]:
@@ -38,6 +43,24 @@ async def _joined(ws: ClientConnection) -> dict[str, Any]:
 async def _recv(ws: ClientConnection) -> str | bytes:
     with anyio.fail_after(10):
         return await ws.recv()
+
+
+async def _server_pushes(redis_url: str, written: int) -> dict[str, int]:
+    """The protocol server's push counters (its heartbeat, as ``status``
+    shows them) once it has written ``written`` pushes."""
+    layer = RedisStreamsChannelLayer(hosts=[redis_url])
+    try:
+        with anyio.fail_after(10):
+            while True:
+                document = await snapshot(layer)
+                servers = [p for p in document["processes"] if p["role"] == "ps"]
+                assert len(servers) == 1, servers
+                counts = {k: v for k, v in servers[0].items() if k.startswith("pushes_")}
+                if counts["pushes_written"] >= written:
+                    return counts
+                await anyio.sleep(0.2)
+    finally:
+        await layer.close()
 
 
 async def _pushed(redis_url: str, *messages: dict[str, Any], group: str = "pushed") -> None:
@@ -71,6 +94,42 @@ async def test_push_to_a_group_reaches_every_socket_in_order(
             # The app is still there, and still answers its own messages.
             await ws.send("whoami")
             assert "pid" in json.loads(await _recv(ws))
+
+
+@pytest.mark.parametrize("compression", ["deflate", None], ids=["deflate", "plain"])
+async def test_pushes_and_the_apps_own_messages_keep_their_order(
+    deploy: Deploy, redis_url: str, compression: str | None
+) -> None:
+    """A push lands in its socket's order wherever it is written: straight
+    as it arrives when the socket is idle (framed once, uncompressed even
+    where permessage-deflate was agreed), or behind the app's own messages
+    when they are on their way. The app alternates a push to its own socket
+    and a message of its own; every client gets exactly that sequence."""
+    # A small window: the app's messages (4 KiB) are credited every few,
+    # so the server often waits on Redis with some of a batch unwritten.
+    deployment = deploy("layer_app:app", workers=1, servers=1, server_args=SMALL_WINDOW)
+    count, own, size, sockets = 300, 3, 4096, 4
+    url = deployment.ws_url + "/interleave"
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(connect(url, compression=compression))
+            for _ in range(sockets)
+        ]
+        for ws in clients:
+            await ws.send(f"{count} {own} {size}")
+        expected = [
+            text
+            for i in range(count)
+            for text in (f"p{i}", *(f"a{i}.{j}".ljust(size, ".") for j in range(own)))
+        ]
+        for ws in clients:
+            got = [await _recv(ws) for _ in range(len(expected))]
+            assert [str(m)[:12] for m in got] == [m[:12] for m in expected]
+            assert got == expected
+    counts = await _server_pushes(redis_url, count * sockets)
+    assert counts["pushes_written"] == count * sockets, counts
+    assert counts["pushes_dropped"] == 0, counts
+    assert 0 < counts["pushes_direct"] <= count * sockets, counts  # both ways were taken
 
 
 async def test_a_push_to_a_reply_channel_reaches_that_socket_only(

@@ -102,6 +102,24 @@ async def welcome(websocket: WebSocket) -> None:
             await websocket.receive_text()
 
 
+async def interleave(websocket: WebSocket) -> None:
+    """On ``"n own size"``: for i < n, pushes ``p<i>`` to its own reply
+    channel, then sends ``own`` messages ``a<i>.<j>`` of ``size`` characters
+    itself; the client must get exactly that sequence, however each push is
+    written (straight as it arrives, or queued behind the app's own
+    messages)."""
+    layer: Any = websocket.scope["channel_layer"]
+    reply_channel: str = websocket.scope["reply_channel"]
+    await websocket.accept()
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            count, own, size = map(int, (await websocket.receive_text()).split())
+            for i in range(count):
+                await layer.send(reply_channel, {"type": "websocket.push", "text": f"p{i}"})
+                for j in range(own):
+                    await websocket.send_text(f"a{i}.{j}".ljust(size, "."))
+
+
 async def push_before_accept(websocket: WebSocket) -> None:
     """Joins group ``early`` (the socket) and ``early-go`` (the app) before
     accepting, says so on channel ``early-ready``, and accepts only when
@@ -124,6 +142,7 @@ app = Starlette(
         Route("/whoami", whoami),
         WebSocketRoute("/chat", chat),
         WebSocketRoute("/push", push),
+        WebSocketRoute("/interleave", interleave),
         WebSocketRoute("/push-before-accept", push_before_accept),
         WebSocketRoute("/push-watched", push_watched),
         WebSocketRoute("/welcome", welcome),
