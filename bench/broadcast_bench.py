@@ -69,7 +69,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,8 +176,8 @@ class LeanClient(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses)
+        self._transport = cast(asyncio.Transport, transport)
         transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
@@ -381,16 +381,26 @@ class ClientJob:
     messages: int
     deflate: bool
     procs: int  # client processes in all
+    loop: str  # asyncio or uvloop
 
 
 def clients_main(job: ClientJob, conn: Connection) -> None:
     """A client process: open, report, record until done or told to stop, report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (and the deployment)
     try:
-        result = asyncio.run(_run_clients(job, conn))
+        if job.loop == "uvloop":
+            import uvloop  # installed with uvicorn[standard]
+
+            result = uvloop.run(_run_clients(job, conn))
+        else:
+            result = asyncio.run(_run_clients(job, conn))
     except BaseException as exc:
+        os.set_blocking(conn.fileno(), True)
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         raise
+    # uvloop's add_reader leaves the pipe non-blocking, and a large result
+    # then fails with EAGAIN half-written.
+    os.set_blocking(conn.fileno(), True)
     conn.send(("result", result))
 
 
@@ -809,7 +819,9 @@ def run_once(
     for p in range(args.client_procs):
         mine, theirs = context.Pipe()
         indexes = tuple(range(p, args.clients, args.client_procs))
-        job = ClientJob(tuple(urls), indexes, args.messages, args.deflate, args.client_procs)
+        job = ClientJob(
+            tuple(urls), indexes, args.messages, args.deflate, args.client_procs, args.client_loop
+        )
         proc = context.Process(target=clients_main, args=(job, theirs), daemon=True)
         proc.start()
         theirs.close()
@@ -942,7 +954,8 @@ def report(
     """Print the table and the ratios; return the ratios."""
     clients = "websockets, permessage-deflate" if args.deflate else "lean, no compression"
     print(
-        f"\n{args.clients} clients ({clients}, {args.client_procs} process(es)), "
+        f"\n{args.clients} clients ({clients}, {args.client_procs} process(es) on "
+        f"{args.client_loop}), "
         f"{args.servers} servers, {args.messages} messages ({mode}), "
         f"medians over {args.rounds} round(s)"
     )
@@ -1039,6 +1052,13 @@ def main() -> None:
         help="websockets-library clients offering permessage-deflate, instead of lean ones",
     )
     parser.add_argument("--client-procs", type=int, default=1, help="processes for the clients")
+    parser.add_argument(
+        "--client-loop",
+        default="uvloop",
+        choices=("asyncio", "uvloop"),
+        help="the clients' event loop (uvloop: the load generator's own CPU, half asyncio's, "
+        "is less of what is measured)",
+    )
     parser.add_argument(
         "--push",
         action=argparse.BooleanOptionalAction,
