@@ -237,7 +237,7 @@ class WorkQueue:
         pending and are reclaimed after the idle time, so none is lost.
         """
         try:
-            reply = await self._client().xreadgroup(
+            reply = await self.layer._blocking_for(self.stream).xreadgroup(
                 self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:

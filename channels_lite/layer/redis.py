@@ -12,7 +12,10 @@ host, whatever the number of members.
 
 Connections: one ``redis.asyncio`` client (and pool) per host and event loop.
 With several ``hosts`` every key is placed by a stable hash of its name, so
-all processes agree on where a stream or group lives. The pool holds at most
+all processes agree on where a stream or group lives. Blocking reads (an
+idle receive's ``XREAD BLOCK``, a worker's ``XREADGROUP BLOCK``) have a pool
+of their own, so that a hundred idle receives cannot hold every connection
+while sends, group changes and heartbeats wait. Each pool holds at most
 ``max_connections`` (100 unless the host's options say) and a command beyond
 that waits for one (up to ``pool_timeout``, 10 s): redis-py's plain pool
 fails it at once instead ("Too many connections"), which a burst of a few
@@ -107,6 +110,8 @@ class _Batch:
 @dataclass(slots=True)
 class _Clients:
     clients: list[aioredis.Redis]
+    #: Per host, the client for blocking reads (a pool of its own).
+    blocking: list[aioredis.Redis]
     #: Per host, the loop's shared connection for quick commands (``multiplex``).
     quick: list[aioredis.Redis | Multiplexed]
     batch: _Batch | None = None
@@ -128,8 +133,9 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         hosts: Redis URLs (``redis://``, ``rediss://``, ``unix://``), ``(host,
             port)`` pairs, or dicts of redis-py client arguments, optionally with
             an ``address`` (URL or pair). Several hosts shard the keys. A
-            dict may also set ``max_connections`` (of each pool, 100) and
-            ``pool_timeout`` (seconds a command waits for one, 10).
+            dict may also set ``max_connections`` (of each pool, 100; blocking
+            reads have a pool of their own) and ``pool_timeout`` (seconds a
+            command waits for a connection, 10; None: no limit).
         prefix: prefix of every key.
         expiry: seconds an undelivered message lives.
         group_expiry: seconds a group membership lives unless re-added.
@@ -210,10 +216,11 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         state = state or self._state()
         if state.backend is None:
             hosts = [_make_client(url, kw) for url, kw in self.hosts]
+            blocking = [_make_client(url, kw) for url, kw in self.hosts]
             quick: list[aioredis.Redis | Multiplexed] = (
                 [Multiplexed(client) for client in hosts] if self.multiplex else list(hosts)
             )
-            state.backend = _Clients(hosts, quick)
+            state.backend = _Clients(hosts, blocking, quick)
         clients: _Clients = state.backend
         return clients
 
@@ -223,6 +230,12 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
 
     def _client_for(self, key: str) -> aioredis.Redis:
         return self._clients().clients[self._host_index(key)]
+
+    def _blocking_for(self, key: str) -> aioredis.Redis:
+        """Where a command on ``key`` that blocks in Redis (``XREAD BLOCK``,
+        ``XREADGROUP BLOCK``) goes: a pool of its own, so that idle reads
+        never hold the connections everything else needs."""
+        return self._clients().blocking[self._host_index(key)]
 
     def _quick_for(self, key: str) -> aioredis.Redis | Multiplexed:
         """Where a command on ``key`` that never blocks in Redis goes (``multiplex``)."""
@@ -405,7 +418,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             # Redis answers within block_seconds; if it does not, the
             # connection is dead (no socket_timeout, see _make_client).
             with anyio.fail_after(block_seconds + _REPLY_GRACE):
-                await self._client_for(stream).execute_command(  # type: ignore[no-untyped-call]
+                await self._blocking_for(stream).execute_command(  # type: ignore[no-untyped-call]
                     "XREAD",
                     "COUNT",
                     1,
@@ -431,7 +444,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             # Redis answers within block_seconds; if it does not, the
             # connection is dead (no socket_timeout, see _make_client).
             with anyio.fail_after(block_seconds + _REPLY_GRACE):
-                reply = await self._client_for(stream).execute_command(  # type: ignore[no-untyped-call]
+                reply = await self._blocking_for(stream).execute_command(  # type: ignore[no-untyped-call]
                     "XREAD",
                     "COUNT",
                     count,
@@ -522,7 +535,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
             for quick in state.backend.quick:
                 if isinstance(quick, Multiplexed):
                     await quick.close()
-            for client in state.backend.clients:
+            for client in [*state.backend.clients, *state.backend.blocking]:
                 await client.aclose()
 
     async def _call(self, awaitable: Any) -> Any:
@@ -582,7 +595,7 @@ _POOL_TIMEOUT = 10.0
 
 def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
     options = dict(options)
-    pool_timeout = options.pop("pool_timeout", _POOL_TIMEOUT)
+    pool_timeout = options.pop("pool_timeout", _POOL_TIMEOUT)  # None: wait as long as it takes
     settings: dict[str, Any] = {
         "max_connections": _MAX_CONNECTIONS,
         "socket_connect_timeout": 5,
@@ -617,9 +630,16 @@ def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
         blocking = aioredis.BlockingConnectionPool(
             connection_class=pool.connection_class,
             max_connections=pool.max_connections,
-            timeout=float(pool_timeout),
+            timeout=None if pool_timeout is None else float(pool_timeout),
             **pool.connection_kwargs,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Redis host {url or options!r}: {exc}") from exc
-    return aioredis.Redis.from_pool(blocking)
+    # The credential provider again: a streaming one (token auth) hooks its
+    # re-authentication onto the client's pool when the client is made.
+    client = aioredis.Redis(
+        connection_pool=blocking,
+        credential_provider=pool.connection_kwargs.get("credential_provider"),
+    )
+    client.auto_close_connection_pool = True  # ours: closed with the client
+    return client

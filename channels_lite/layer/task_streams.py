@@ -176,7 +176,9 @@ class TaskStreams:
             # Bounded: a connection that went silent (no RST) would otherwise
             # hang here until TCP keepalive gives up on it.
             with anyio.fail_after(block_ms / 1000 + _REPLY_GRACE):
-                reply = await self._client().xreadgroup(
+                # Its own pool (every key lives on the worker's one Redis).
+                client: Any = self.layer._blocking_for(self.delayed)
+                reply = await client.xreadgroup(
                     self.group,
                     consumer,
                     dict.fromkeys(self.channels, ">"),

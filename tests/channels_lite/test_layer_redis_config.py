@@ -218,21 +218,44 @@ async def test_a_burst_beyond_the_pool_waits_for_a_connection(
 async def test_max_connections_and_pool_timeout_are_host_options(
     redis_url: str, make_redis_layer: Any
 ) -> None:
-    """A host dict sets the pool's size and how long a command waits for a
+    """A host dict sets each pool's size and how long a command waits for a
     connection; past that wait it fails as an outage, not forever."""
     layer = make_redis_layer(
         hosts=[{"address": redis_url, "max_connections": 1, "pool_timeout": 0.3}]
     )
-    await layer.send("test.small", {"type": "test.first"})  # the pool's one connection
+    await layer.group_add("test.room", "test.small")  # the pool's one connection
     async with anyio.create_task_group() as tg:
-        # An idle receive holds the only connection in XREAD BLOCK.
-        tg.start_soon(layer.receive, "test.nobody")
+        # Something holds that connection for a second (a slow command).
+        hold = layer._client_for("test.room").execute_command
+        tg.start_soon(hold, "BLPOP", "test.never", 1)
         await anyio.sleep(0.2)
         started = anyio.current_time()
         with pytest.raises(ChannelsLiteError, match=r"(?i)no connection available"):
             await layer.group_add("test.room", "test.small")
-        assert 0.25 < anyio.current_time() - started < 3
-        tg.cancel_scope.cancel()
+        assert 0.25 < anyio.current_time() - started < 0.9
+    # Once it is free, commands go through.
+    await layer.group_add("test.room", "test.small")
     bad = make_redis_layer(hosts=[{"address": redis_url, "pool_timeout": "soon"}])
     with pytest.raises(ChannelsLiteError, match="invalid Redis host"):
         await bad.send("test.small", {"type": "test.never"})
+
+
+async def test_idle_receives_do_not_hold_the_connections_other_commands_need(
+    redis_url: str, make_redis_layer: Any
+) -> None:
+    """Blocking reads have a pool of their own: with 150 receives idle in
+    XREAD BLOCK (more than a pool's 100 connections), a send, a group
+    change and a receive of a waiting message still go at once, rather
+    than wait (up to 5 s) for a blocking read to end."""
+    layer = make_redis_layer(hosts=[redis_url])
+    sender = make_redis_layer(hosts=[redis_url])
+    await sender.send("test.waiting", {"type": "test.here"})
+    async with anyio.create_task_group() as tg:
+        for i in range(150):
+            tg.start_soon(layer.receive, f"test.idle{i}")
+        await anyio.sleep(0.5)  # all of them parked in Redis
+        with anyio.fail_after(2):
+            await layer.group_add("test.room", "test.waiting")
+            await layer.send("test.other", {"type": "test.sent"})
+            assert await layer.receive("test.waiting") == {"type": "test.here"}
+        tg.cancel_scope.cancel()
