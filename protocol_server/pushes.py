@@ -100,7 +100,7 @@ class DirectPushes:
         self.sockets: dict[str, DirectSocket] = {}
         #: Pushes written here, not through a bridge (status, tests).
         self.written = 0
-        # The last body seen and its frame (None: not for this path). The
+        # The last push's body and its frame (at most ws_max_size each). The
         # reference keeps the body alive, so its identity cannot be reused.
         self._body: bytes | None = None
         self._frame: bytes | None = None
@@ -109,9 +109,13 @@ class DirectPushes:
         socket = self.sockets.get(channel)
         if socket is None:
             return False
-        if body is not self._body:
-            self._body, self._frame = body, self._framed(body)
-        frame = self._frame
+        if body is self._body:
+            frame = self._frame
+        else:
+            frame = self._framed(body)
+            # Only a push is kept: the app's own messages (one socket each)
+            # would only pin their bodies here.
+            self._body, self._frame = (body, frame) if frame is not None else (None, None)
         if frame is None or not socket.write_direct(frame):
             return False
         self.written += 1

@@ -188,11 +188,11 @@ class WebSocketBridge(Bridge):
     def write_direct(self, frame: bytes) -> bool:
         """Write a push's frame now, for :class:`DirectPushes`, if that keeps
         the order: this bridge is parked in its receive (all it took is
-        written) with no event of a batch left, and the socket is accepted
-        and keeping up. Otherwise the push waits in the layer as usual."""
+        written, and no event of a batch is left: it parks only then), and
+        the socket is accepted and keeping up. Otherwise the push waits in
+        the layer as usual (tests/test_direct_pushes.py)."""
         return (
             self.parked
-            and not self._unread
             and self.accepted
             and self._write_frame is not None
             and self._write_frame(frame)

@@ -501,13 +501,19 @@ class BaseChannelLayer:
             _settle(done)
             return
         # From here to the delete nothing awaits: what was read reaches the buffers.
-        self._observe_clock(int(entries[-1][0].split(b"-", 1)[0]))
-        now_ms = self._now_ms()
-        for entry_id, fields in entries:
-            reader.distribute(entry_id, fields, now_ms)
-        if now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
-            reader.sweep(now_ms)
-        ids = position.read([entry_id for entry_id, _ in entries])
+        try:
+            self._observe_clock(int(entries[-1][0].split(b"-", 1)[0]))
+            now_ms = self._now_ms()
+            for entry_id, fields in entries:
+                reader.distribute(entry_id, fields, now_ms)
+            if now_ms - reader.swept_ms > _SWEEP_INTERVAL_MS:
+                reader.sweep(now_ms)
+            ids = position.read([entry_id for entry_id, _ in entries])
+        except BaseException as exc:
+            # A bug, not an outage: the receives waiting on this read hear
+            # it rather than wait forever.
+            _settle(done, exc)
+            raise
         _settle(done)  # the receives go on once this task yields...
         # ...and it yields only once the delete is written (a pooled
         # connection is at hand): whatever they send next reaches Redis after

@@ -198,7 +198,7 @@ class Inbox:
                 # Nothing of this channel waits to be taken, so a message
                 # taken now cannot overtake one: its consumer may take it
                 # as it arrives, without a receive.
-                if on_arrival is not None and on_arrival(name, body):
+                if on_arrival is not None and self._arrived(on_arrival, name, body):
                     counters.received += 1
                     continue
                 buffer = self.buffers[name] = deque()
@@ -216,6 +216,16 @@ class Inbox:
             buffer.append((ms, body))
             if name in self.waiters:
                 self.wake(name)
+
+    def _arrived(self, on_arrival: OnArrival, name: str, body: bytes) -> bool:
+        """Whether ``on_arrival`` took the message. A hook that raises (a bug)
+        declines it: the message is buffered as usual, and the read that
+        every receive of this stream shares carries on."""
+        try:
+            return on_arrival(name, body)
+        except Exception:
+            logger.exception("on_arrival failed for a message to %r; buffered instead", name)
+            return False
 
     def _shed(
         self,

@@ -102,3 +102,31 @@ async def test_an_expired_message_is_not_offered(make_redis_layer: Any) -> None:
         assert await receiver.receive(channel) == {"type": "keep", "n": 2}
     assert taker.taken == []
     assert receiver.statistics().expired >= 1
+
+
+async def test_a_hook_that_raises_declines_and_the_stream_reads_on(
+    make_redis_layer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the hook must not wedge the read every receive of the
+    stream shares: the message is buffered as if declined, and logged."""
+
+    def broken(channel: str, body: bytes) -> bool:
+        raise RuntimeError("bug in the hook")
+
+    receiver = make_redis_layer(on_arrival=broken)
+    sender = make_redis_layer()
+    first, second = await receiver.new_channel(), await receiver.new_channel()
+    got: dict[str, dict[str, Any]] = {}
+    async with anyio.create_task_group() as tg:
+
+        async def receive(channel: str) -> None:
+            got[channel] = await receiver.receive(channel)
+
+        tg.start_soon(receive, first)
+        tg.start_soon(receive, second)
+        await anyio.sleep(0.1)  # both wait on the stream's one read
+        with anyio.fail_after(5):
+            await sender.send(first, {"type": "one"})
+            await sender.send(second, {"type": "two"})
+    assert got == {first: {"type": "one"}, second: {"type": "two"}}
+    assert "on_arrival failed" in caplog.text
