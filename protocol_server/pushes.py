@@ -111,21 +111,21 @@ class DirectPushes:
             return False
         if body is self._body:
             frame = self._frame
+        elif not is_push(body):
+            return False  # the app's own message (one socket): nothing to keep
         else:
+            # Kept, also when it cannot be framed (malformed, too large), so
+            # that is found out once per entry, not once per socket.
             frame = self._framed(body)
-            # Only a push is kept: the app's own messages (one socket each)
-            # would only pin their bodies here.
-            self._body, self._frame = (body, frame) if frame is not None else (None, None)
+            self._body, self._frame = body, frame
         if frame is None or not socket.write_direct(frame):
             return False
         self.written += 1
         return True
 
     def _framed(self, body: bytes) -> bytes | None:
-        """The frame for a valid push; None for anything else, which the
-        ordinary path delivers, or drops and counts."""
-        if not is_push(body):
-            return None
+        """The frame for a valid push; None for an invalid one, which the
+        ordinary path drops and counts."""
         try:
             message = wire.decode_message(body)
         except WireError:

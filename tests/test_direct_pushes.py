@@ -113,7 +113,7 @@ async def test_a_push_is_declined_while_the_bridge_holds_an_unwritten_message(
         await worker.send(bridge.channel, {"type": "websocket.send", "text": "a1"})
         with anyio.fail_after(5):
             await socket.waiting.wait()
-        assert not direct(bridge.channel, push("p-full"))  # the socket is full
+        assert not direct(bridge.channel, push("p-full"))  # busy writing (and full)
 
         # It drains: writable again, and the bridge not yet run. A push
         # offered now must be declined (the layer then buffers it behind).

@@ -511,7 +511,9 @@ class BaseChannelLayer:
             ids = position.read([entry_id for entry_id, _ in entries])
         except BaseException as exc:
             # A bug, not an outage: the receives waiting on this read hear
-            # it rather than wait forever.
+            # it rather than wait forever, and it is logged in case none is.
+            if isinstance(exc, Exception):
+                logger.exception("filing what was read from %s failed", reader.stream)
             _settle(done, exc)
             raise
         _settle(done)  # the receives go on once this task yields...

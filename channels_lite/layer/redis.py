@@ -216,7 +216,10 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         state = state or self._state()
         if state.backend is None:
             hosts = [_make_client(url, kw) for url, kw in self.hosts]
-            blocking = [_make_client(url, kw) for url, kw in self.hosts]
+            # (Re-authentication hooks only once per provider: on the pool
+            # of short commands. A blocking read's connection that outlives
+            # its token fails, and the read is retried on a fresh one.)
+            blocking = [_make_client(url, kw, reauth=False) for url, kw in self.hosts]
             quick: list[aioredis.Redis | Multiplexed] = (
                 [Multiplexed(client) for client in hosts] if self.multiplex else list(hosts)
             )
@@ -593,7 +596,9 @@ _MAX_CONNECTIONS = 100
 _POOL_TIMEOUT = 10.0
 
 
-def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
+def _make_client(
+    url: str | None, options: dict[str, Any], *, reauth: bool = True
+) -> aioredis.Redis:
     options = dict(options)
     pool_timeout = options.pop("pool_timeout", _POOL_TIMEOUT)  # None: wait as long as it takes
     settings: dict[str, Any] = {
@@ -636,10 +641,9 @@ def _make_client(url: str | None, options: dict[str, Any]) -> aioredis.Redis:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Redis host {url or options!r}: {exc}") from exc
     # The credential provider again: a streaming one (token auth) hooks its
-    # re-authentication onto the client's pool when the client is made.
-    client = aioredis.Redis(
-        connection_pool=blocking,
-        credential_provider=pool.connection_kwargs.get("credential_provider"),
-    )
+    # re-authentication onto the client's pool when the client is made, and
+    # keeps one such hook (the last), so only one pool per host asks.
+    provider = pool.connection_kwargs.get("credential_provider") if reauth else None
+    client = aioredis.Redis(connection_pool=blocking, credential_provider=provider)
     client.auto_close_connection_pool = True  # ours: closed with the client
     return client

@@ -117,15 +117,15 @@ async def test_a_hook_that_raises_declines_and_the_stream_reads_on(
     sender = make_redis_layer()
     first, second = await receiver.new_channel(), await receiver.new_channel()
     got: dict[str, dict[str, Any]] = {}
-    async with anyio.create_task_group() as tg:
+    with anyio.fail_after(5):  # a wedged read would hang the receives
+        async with anyio.create_task_group() as tg:
 
-        async def receive(channel: str) -> None:
-            got[channel] = await receiver.receive(channel)
+            async def receive(channel: str) -> None:
+                got[channel] = await receiver.receive(channel)
 
-        tg.start_soon(receive, first)
-        tg.start_soon(receive, second)
-        await anyio.sleep(0.1)  # both wait on the stream's one read
-        with anyio.fail_after(5):
+            tg.start_soon(receive, first)
+            tg.start_soon(receive, second)
+            await anyio.sleep(0.1)  # both wait on the stream's one read
             await sender.send(first, {"type": "one"})
             await sender.send(second, {"type": "two"})
     assert got == {first: {"type": "one"}, second: {"type": "two"}}
