@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from .redis import RedisStreamsChannelLayer, _broker_error, _Script
+from ..exceptions import BrokerUnavailable
+from .redis import _REPLY_GRACE, RedisStreamsChannelLayer, _broker_error, _Script
 
 __all__ = ["WorkQueue"]
 
@@ -235,11 +237,20 @@ class WorkQueue:
 
         Cancellation: entries delivered by Redis but not yet returned stay
         pending and are reclaimed after the idle time, so none is lost.
+
+        Raises:
+            BrokerUnavailable: Redis failed, or did not answer within the
+                block and a grace period (a connection gone silent, with no
+                reset, would otherwise hold the worker until TCP keepalive
+                gives up on it).
         """
         try:
-            reply = await self.layer._blocking_for(self.stream).xreadgroup(
-                self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
-            )
+            with anyio.fail_after(block_ms / 1000 + _REPLY_GRACE):
+                reply = await self.layer._blocking_for(self.stream).xreadgroup(
+                    self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
+                )
+        except TimeoutError:
+            raise BrokerUnavailable("Redis did not answer a blocking read in time") from None
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise _broker_error(exc) from exc

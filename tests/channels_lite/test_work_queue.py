@@ -9,11 +9,14 @@ acked or started here. The end-to-end version with a SIGSTOPped worker is in
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from channels_lite.exceptions import BrokerUnavailable
 from channels_lite.layer.queue import WorkQueue
 
 pytestmark = pytest.mark.anyio
@@ -96,3 +99,21 @@ async def test_ack_held_takes_more_ids_than_lua_unpacks_at_once(
 
     assert await raw_redis.xlen(STREAM) == 0
     assert (await raw_redis.xpending(STREAM, GROUP))["pending"] == 0
+
+
+async def test_take_from_a_redis_gone_silent_fails_instead_of_hanging(
+    make_redis_layer: Any,
+) -> None:
+    """A connection that stops answering without a reset (a host gone, a
+    partition) must not hold a worker's take until TCP keepalive gives up:
+    past the block and a grace period it fails as an outage, which the
+    worker waits out and retries on a new connection."""
+    with socket.socket() as listener:  # accepts (the kernel's backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        queue = WorkQueue(make_redis_layer(hosts=[f"redis://127.0.0.1:{port}/0"]), STREAM, GROUP)
+        started = anyio.current_time()
+        with anyio.fail_after(15), pytest.raises(BrokerUnavailable, match="in time"):
+            await queue.take("w1", 1, 100)
+        assert anyio.current_time() - started < 8
