@@ -173,21 +173,28 @@ _PUSH_MARK: Final = b"\xae" + PUSH.encode()
 _PUSH_SEARCH: Final = 4096
 
 
-def is_push(body: bytes) -> bool:
-    """Whether an encoded channel message is a :data:`PUSH` (what a protocol
-    server may shed for a client that has fallen behind).
+def as_push(body: bytes) -> dict[str, Any] | None:
+    """An encoded channel message, decoded, if it is a :data:`PUSH`; else None.
 
     Asked of every message a protocol server files and takes, so a look for
     the type's bytes in the first 4 KiB first, and a decode only to confirm.
     A push whose type comes after 4 KiB of other fields is not recognised,
-    and so never shed (the safe side: only pushes are ever shed).
+    and so never shed nor written directly (the safe side: it takes the
+    ordinary path).
     """
     if body.find(_PUSH_MARK, 0, _PUSH_SEARCH) < 0:
-        return False
+        return None
     try:
-        return decode_message(body).get("type") == PUSH
+        message = decode_message(body)
     except WireError:
-        return False
+        return None
+    return message if message.get("type") == PUSH else None
+
+
+def is_push(body: bytes) -> bool:
+    """Whether an encoded channel message is a :data:`PUSH` (what a protocol
+    server may shed for a client that has fallen behind); see :func:`as_push`."""
+    return as_push(body) is not None
 
 
 def split_message(event: dict[str, Any]) -> list[dict[str, Any]]:

@@ -29,9 +29,7 @@ from typing import Any, Protocol
 from websockets.exceptions import ProtocolError
 from websockets.frames import Frame, Opcode
 
-from channels_lite import wire
-from channels_lite.exceptions import WireError
-from channels_lite.relay import PUSH, is_push, payload_size
+from channels_lite.relay import as_push, payload_size
 
 logger = logging.getLogger(__name__)
 
@@ -111,28 +109,23 @@ class DirectPushes:
             return False
         if body is self._body:
             frame = self._frame
-        elif not is_push(body):
-            return False  # the app's own message (one socket): nothing to keep
         else:
+            push = as_push(body)
+            if push is None:
+                return False  # the app's own message (one socket): nothing to keep
             # Kept, also when it cannot be framed (malformed, too large), so
             # that is found out once per entry, not once per socket.
-            frame = self._framed(body)
+            frame = self._framed(push)
             self._body, self._frame = body, frame
         if frame is None or not socket.write_direct(frame):
             return False
         self.written += 1
         return True
 
-    def _framed(self, body: bytes) -> bytes | None:
+    def _framed(self, push: Message) -> bytes | None:
         """The frame for a valid push; None for an invalid one, which the
         ordinary path drops and counts."""
-        try:
-            message = wire.decode_message(body)
-        except WireError:
-            return None
-        if message.get("type") != PUSH:
-            return None
-        event, _ = push_event(message, self.max_size)
+        event, _ = push_event(push, self.max_size)
         if event is None:
             return None
         try:

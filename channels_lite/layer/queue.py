@@ -26,11 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from ..exceptions import BrokerUnavailable
-from .redis import _REPLY_GRACE, RedisStreamsChannelLayer, _broker_error, _Script
+from .redis import RedisStreamsChannelLayer, _bounded_read, _broker_error, _Script
 
 __all__ = ["WorkQueue"]
 
@@ -245,12 +243,10 @@ class WorkQueue:
                 gives up on it).
         """
         try:
-            with anyio.fail_after(block_ms / 1000 + _REPLY_GRACE):
+            with _bounded_read(block_ms / 1000):
                 reply = await self.layer._blocking_for(self.stream).xreadgroup(
                     self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
                 )
-        except TimeoutError:
-            raise BrokerUnavailable("Redis did not answer a blocking read in time") from None
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise _broker_error(exc) from exc

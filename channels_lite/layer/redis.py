@@ -10,9 +10,10 @@ the last id seen, whose reply carries the entries, plus an ``XDEL`` off the
 message's path; ``group_send`` is a member lookup plus one append per Redis
 host, whatever the number of members.
 
-Connections: one ``redis.asyncio`` client (and pool) per host and event loop.
-With several ``hosts`` every key is placed by a stable hash of its name, so
-all processes agree on where a stream or group lives. Blocking reads (an
+Connections: per host and event loop, two ``redis.asyncio`` clients, each
+with its pool. With several ``hosts`` every key is placed by a stable hash
+of its name, so all processes agree on where a stream or group lives.
+Blocking reads (an
 idle receive's ``XREAD BLOCK``, a worker's ``XREADGROUP BLOCK``) have a pool
 of their own, so that a hundred idle receives cannot hold every connection
 while sends, group changes and heartbeats wait. Each pool holds at most
@@ -25,12 +26,13 @@ hundred connections joining groups at once turned into failed connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import socket
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -60,6 +62,26 @@ _MAX_KEYS_PER_CALL = 1000
 _BUNDLE_MAX = 256 * 1024
 #: Seconds a blocking read may overrun its BLOCK before the connection is presumed dead.
 _REPLY_GRACE = 5.0
+
+
+@contextlib.contextmanager
+def _bounded_read(block_seconds: float) -> Iterator[None]:
+    """Bound a blocking read (``XREAD``/``XREADGROUP BLOCK``) to its block and a grace.
+
+    Redis answers within the block; if it does not, the connection went
+    silent (a host gone, a partition: no reset), and without this the read
+    would wait until TCP keepalive gave up on it (there is no socket_timeout,
+    see ``_make_client``). Raises ``BrokerUnavailable``, an outage, which the
+    callers wait out and retry on a new connection (redis-py drops the
+    cancelled one).
+    """
+    try:
+        with anyio.fail_after(block_seconds + _REPLY_GRACE):
+            yield
+    except TimeoutError:
+        raise BrokerUnavailable("Redis did not answer a blocking read in time") from None
+
+
 #: Find a dead broker connection in about 20 s (Linux's default is 2 hours).
 _KEEPALIVE: dict[int, int] = {
     opt: value
@@ -418,9 +440,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         # consumes nothing, so cancelling it (redis-py then drops the
         # connection) loses no message.
         try:
-            # Redis answers within block_seconds; if it does not, the
-            # connection is dead (no socket_timeout, see _make_client).
-            with anyio.fail_after(block_seconds + _REPLY_GRACE):
+            with _bounded_read(block_seconds):
                 await self._blocking_for(stream).execute_command(  # type: ignore[no-untyped-call]
                     "XREAD",
                     "COUNT",
@@ -444,9 +464,7 @@ class RedisStreamsChannelLayer(BaseChannelLayer):
         self, stream: str, after: bytes, count: int, block_seconds: float
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         try:
-            # Redis answers within block_seconds; if it does not, the
-            # connection is dead (no socket_timeout, see _make_client).
-            with anyio.fail_after(block_seconds + _REPLY_GRACE):
+            with _bounded_read(block_seconds):
                 reply = await self._blocking_for(stream).execute_command(  # type: ignore[no-untyped-call]
                     "XREAD",
                     "COUNT",

@@ -38,14 +38,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import anyio
 import msgpack
 from redis.exceptions import RedisError, ResponseError
 
 from .. import keys
-from ..exceptions import BrokerUnavailable
 from .queue import WorkQueue
-from .redis import _REPLY_GRACE, RedisStreamsChannelLayer, _broker_error, _Script
+from .redis import RedisStreamsChannelLayer, _bounded_read, _broker_error, _Script
 
 __all__ = ["DEAD_LETTERS_MAXLEN", "TaskEntry", "TaskStreams"]
 
@@ -173,9 +171,7 @@ class TaskStreams:
         if not self.channels:
             return []
         try:
-            # Bounded: a connection that went silent (no RST) would otherwise
-            # hang here until TCP keepalive gives up on it.
-            with anyio.fail_after(block_ms / 1000 + _REPLY_GRACE):
+            with _bounded_read(block_ms / 1000):
                 # Its own pool (every key lives on the worker's one Redis).
                 client: Any = self.layer._blocking_for(self.delayed)
                 reply = await client.xreadgroup(
@@ -185,8 +181,6 @@ class TaskStreams:
                     count=count,
                     block=block_ms,
                 )
-        except TimeoutError:
-            raise BrokerUnavailable("Redis did not answer a blocking read in time") from None
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise _broker_error(exc) from exc
